@@ -1,0 +1,46 @@
+"""Exception types of napari-sam-stack.
+
+Every error a user can cause has its own type and a message that says what to do.
+They subclass the builtin they refine, so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class SamStackError(Exception):
+    """Base class of all napari-sam-stack errors."""
+
+
+class UnknownModelError(SamStackError, KeyError):
+    """A model name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(SamStackError, ValueError):
+    """A checkpoint file that is missing, truncated, corrupt or of the wrong architecture."""
+
+
+class HashMismatchError(CheckpointError):
+    """A downloaded or local checkpoint whose SHA-256 differs from the registry's."""
+
+
+class DownloadError(SamStackError, OSError):
+    """Weights could not be downloaded (offline, unreachable host, ...)."""
+
+
+class DeviceError(SamStackError, ValueError):
+    """A requested torch device that is not available on this machine."""
+
+
+class PromptError(SamStackError, ValueError):
+    """A prompt (points, box, mask, slice index, object id) that cannot be used."""
+
+
+class ModelFamilyError(SamStackError, ValueError):
+    """An operation that needs another model family (e.g. propagation needs SAM 2)."""
+
+
+class Cancelled(SamStackError):
+    """A long operation (embeddings, propagation) stopped because the caller cancelled it."""

@@ -1,0 +1,201 @@
+"""Any microscopy array -> uint8 RGB frames, one per slice, with ONE volume-wide contrast.
+
+uint8 data passes through unchanged, so results equal the official predictors'.
+Everything else is mapped with the same (low, high) limits on every slice, taken
+from the caller (e.g. napari's ``contrast_limits``) or from percentiles of a sample
+of slices: a dask or zarr volume is never read whole to find them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+DEFAULT_PERCENTILES = (0.5, 99.5)
+_SAMPLE_SLICES = 16
+_SAMPLE_PIXELS = 1 << 20  # per sampled slice
+
+
+class Frames:
+    """A read-only view of an image as a sequence of uint8 ``(Y, X, 3)`` frames.
+
+    Parameters
+    ----------
+    image : array-like (numpy, dask, zarr; anything with shape, dtype and slicing)
+    axis : the slice axis (z or t), or ``None`` for a single 2D (or RGB) image.
+    fixed : ``{axis: index}`` for further non-spatial axes, e.g. ``{1: 5}`` to walk
+        t at z=5 in a (T, Z, Y, X) array.
+    channel_axis : axis of channels, or ``None`` for grey. Default: the last axis
+        when the array has one more dimension than (slices, Y, X) needs.
+    channel : channel index, or up to three indices mapped to R, G, B (default: grey
+        replicated; 3 channels as RGB; a 4th channel, alpha, dropped).
+    contrast_limits : ``(low, high)`` for non-uint8 data, one pair or one per channel.
+    """
+
+    def __init__(
+        self,
+        image: Any,
+        axis: int | None = 0,
+        *,
+        fixed: dict[int, int] | None = None,
+        channel_axis: int | None | str = "auto",
+        channel: int | Sequence[int] | None = None,
+        contrast_limits: Sequence[float] | Sequence[Sequence[float]] | None = None,
+        percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    ):
+        if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+            image = np.asarray(image)
+        self.image = image
+        ndim = len(image.shape)
+        self.fixed = {int(k) % ndim: int(v) for k, v in (fixed or {}).items()}
+        spatial_needed = 2 + (axis is not None) + len(self.fixed)
+        if channel_axis == "auto":
+            channel_axis = ndim - 1 if ndim == spatial_needed + 1 else None
+        self.channel_axis = None if channel_axis is None else int(channel_axis) % ndim
+        if ndim != spatial_needed + (self.channel_axis is not None):
+            raise ValueError(
+                f"image of shape {tuple(image.shape)} does not fit axis={axis}, fixed={fixed}, "
+                f"channel_axis={channel_axis}: expected {spatial_needed + (self.channel_axis is not None)} dimensions."
+            )
+        self.axis = None if axis is None else int(axis) % ndim
+        taken = {self.axis, self.channel_axis, *self.fixed} - {None}
+        if len(taken) != (self.axis is not None) + (self.channel_axis is not None) + len(self.fixed):
+            raise ValueError("axis, channel_axis and fixed axes must all differ")
+        for ax, i in self.fixed.items():
+            if not 0 <= i < image.shape[ax]:
+                raise ValueError(f"fixed index {i} is out of range for axis {ax} of size {image.shape[ax]}")
+        self.spatial_axes = [a for a in range(ndim) if a not in taken]
+        self.channels = self._choose_channels(channel)
+        self.dtype = np.dtype(image.dtype)
+        self.passthrough = self.dtype == np.uint8
+        self.contrast_limits = None if self.passthrough else self._limits(contrast_limits, percentiles)
+
+    # ------------------------------------------------------------------ shape
+    def __len__(self) -> int:
+        return 1 if self.axis is None else int(self.image.shape[self.axis])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return tuple(int(self.image.shape[a]) for a in self.spatial_axes)
+
+    def _choose_channels(self, channel) -> list[int] | None:
+        if self.channel_axis is None:
+            if channel is not None:
+                raise ValueError("channel given but the image has no channel axis")
+            return None
+        n = int(self.image.shape[self.channel_axis])
+        if channel is None:
+            if n == 1:
+                return [0]
+            if n in (3, 4):
+                return [0, 1, 2]
+            raise ValueError(f"the image has {n} channels: choose one with channel=i, or up to three as channel=[r, g, b]")
+        chans = [int(channel)] if np.isscalar(channel) else [int(c) for c in channel]
+        if not 1 <= len(chans) <= 3 or any(not 0 <= c < n for c in chans):
+            raise ValueError(f"channel={channel!r}: give 1 to 3 indices in 0..{n - 1}")
+        return chans
+
+    # ------------------------------------------------------------------ reading
+    def raw(self, index: int) -> np.ndarray:
+        """Slice ``index`` as stored: (Y, X) or (Y, X, k) for the chosen channels."""
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"slice {index} is out of range for {n} slices")
+        key: list[Any] = [slice(None)] * len(self.image.shape)
+        if self.axis is not None:
+            key[self.axis] = int(index) % n
+        for ax, i in self.fixed.items():
+            key[ax] = i
+        if self.channels is not None:
+            key[self.channel_axis] = self.channels
+        arr = np.asarray(self.image[tuple(key)])
+        kept = [a for a in range(len(self.image.shape)) if not isinstance(key[a], int)]
+        order = [kept.index(a) for a in self.spatial_axes]
+        if self.channels is not None:
+            order.append(kept.index(self.channel_axis))
+        return np.transpose(arr, order)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """Frame ``index`` as uint8 (Y, X, 3)."""
+        return self.to_rgb8(self.raw(index))
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def to_rgb8(self, raw: np.ndarray) -> np.ndarray:
+        if not self.passthrough:
+            raw = self._scale(raw)
+        if raw.ndim == 2:
+            raw = raw[..., None]
+        if raw.shape[-1] == 1:
+            return np.ascontiguousarray(np.repeat(raw, 3, axis=-1))
+        if raw.shape[-1] == 3:
+            return np.ascontiguousarray(raw)
+        out = np.zeros(raw.shape[:2] + (3,), np.uint8)
+        out[..., : raw.shape[-1]] = raw
+        return out
+
+    def _scale(self, raw: np.ndarray) -> np.ndarray:
+        lo, hi = self.contrast_limits
+        x = raw.astype(np.float64) if raw.dtype != np.float64 else raw.copy()
+        span = np.where(hi > lo, hi - lo, 1.0)
+        x = (x - lo) / span
+        x = np.where(np.isnan(x), 0.0, x)
+        return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+    def _limits(self, given, percentiles) -> tuple[np.ndarray, np.ndarray]:
+        k = 1 if self.channels is None else len(self.channels)
+        if self.dtype == np.bool_:
+            return np.zeros(k), np.ones(k)
+        if given is not None:
+            arr = np.asarray(given, dtype=np.float64).reshape(-1, 2)
+            if arr.shape[0] not in (1, k):
+                raise ValueError(f"contrast_limits: give one (low, high) pair or {k}")
+            arr = np.broadcast_to(arr, (k, 2))
+            return arr[:, 0].copy(), arr[:, 1].copy()
+        sample = self._sample()
+        lo, hi = np.empty(k), np.empty(k)
+        for c in range(k):
+            v = sample[..., c].ravel()
+            v = v[np.isfinite(v)]
+            if v.size == 0:
+                lo[c], hi[c] = 0.0, 1.0
+            else:
+                lo[c], hi[c] = np.percentile(v, percentiles)
+        return lo, hi
+
+    def _sample(self) -> np.ndarray:
+        """Pixels of up to 16 evenly spaced slices, spatially strided to about 1 M pixels each."""
+        n = len(self)
+        idx = np.unique(np.linspace(0, n - 1, min(n, _SAMPLE_SLICES)).round().astype(int))
+        h, w = self.frame_shape
+        step = max(1, int(np.ceil(np.sqrt(h * w / _SAMPLE_PIXELS))))
+        parts = []
+        for i in idx:
+            r = self.raw(int(i))[::step, ::step]
+            parts.append(r.reshape(-1, 1 if r.ndim == 2 else r.shape[-1]).astype(np.float64))
+        return np.concatenate(parts)
+
+    # ------------------------------------------------------------------ identity
+    def signature(self) -> dict[str, Any]:
+        """What determines the frames: shape, dtype, view parameters, a content hash of a sample."""
+        h = hashlib.sha256()
+        n = len(self)
+        for i in sorted({0, n // 2, n - 1} | set(np.linspace(0, n - 1, min(n, 8)).round().astype(int).tolist())):
+            r = np.ascontiguousarray(self.raw(int(i)))
+            h.update(r[:: max(1, r.shape[0] // 64), :: max(1, r.shape[1] // 64)].tobytes())
+            h.update(r[r.shape[0] // 2].tobytes())
+        return {
+            "shape": [int(s) for s in self.image.shape],
+            "dtype": str(self.dtype),
+            "axis": self.axis,
+            "fixed": {str(k): v for k, v in sorted(self.fixed.items())},
+            "channel_axis": self.channel_axis,
+            "channels": self.channels,
+            "contrast_limits": None if self.contrast_limits is None else np.asarray(self.contrast_limits).tolist(),
+            "content": h.hexdigest(),
+        }

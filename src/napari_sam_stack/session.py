@@ -1,0 +1,186 @@
+"""Session: one image + one model + embeddings + prompts per object + results.
+
+The object users script against in the napari console, notebooks and the CLI;
+the napari widget is a view over one. Coordinates follow napari: (slice, row, col).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .embeddings import EmbeddingStore
+from .errors import ModelFamilyError, PromptError
+from .models import LoadedModel, load_model
+from .normalise import Frames
+from .prompts import Prompt, make_prompt
+
+
+class Session:
+    """Segment one image or stack with one model.
+
+    ``image``: (N, Y, X) or (N, Y, X, C) with ``axis=0`` (any slice axis works), or a
+    single (Y, X) / (Y, X, 3) image with ``axis=None``. numpy, dask and zarr arrays are
+    read slice by slice. ``model``: a :class:`~napari_sam_stack.models.LoadedModel` or
+    anything :func:`~napari_sam_stack.load_model` accepts (a registry name, a module).
+    Further keywords go to :class:`~napari_sam_stack.normalise.Frames` (``fixed``,
+    ``channel_axis``, ``channel``, ``contrast_limits``).
+    """
+
+    def __init__(
+        self,
+        image: Any,
+        model: Any,
+        axis: int | None = 0,
+        *,
+        cache_dir=None,
+        in_memory: bool = False,
+        sam2_resize: str | None = None,
+        **frames_options,
+    ):
+        self.model: LoadedModel = model if isinstance(model, LoadedModel) else load_model(model)
+        self.frames = Frames(image, axis, **frames_options)
+        self.axis = self.frames.axis
+        if sam2_resize is None:
+            sam2_resize = "image" if self.axis is None else "video"
+        self.embeddings = EmbeddingStore(
+            self.frames, self.model, sam2_resize=sam2_resize, cache_dir=cache_dir, in_memory=in_memory
+        )
+        self.prompts: dict[int, dict[int, Prompt]] = {}
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(slices, rows, cols) of the label array this session produces."""
+        return (len(self), *self.frames.frame_shape)
+
+    def __repr__(self) -> str:
+        return f"Session({self.shape[0]} slices of {self.shape[1]}x{self.shape[2]}, {self.model!r}, objects={sorted(self.prompts)})"
+
+    def _index(self, index: int) -> int:
+        n = len(self)
+        try:
+            i = int(index)
+        except (TypeError, ValueError):
+            raise PromptError(f"slice index must be an integer, got {index!r}") from None
+        if i != index or not 0 <= i < n:
+            raise PromptError(f"slice index {index} is out of range: this image has {n} slice(s) (0..{n - 1})")
+        return i
+
+    # ------------------------------------------------------------------ embeddings
+    def compute_embeddings(self, progress: Callable[[int, int], Any] | None = None, cancel: Callable[[], bool] | None = None, **kw) -> None:
+        """Encode every slice once (cached); ``progress(done, total)``; ``cancel()`` returning True stops."""
+        self.embeddings.compute(progress=progress, cancel=cancel, **kw)
+
+    # ------------------------------------------------------------------ 2D
+    def predict(self, index: int = 0, points=None, point_labels=None, box=None, mask=None, multimask: bool | None = None):
+        """Masks for a prompt on one slice: one decoder call on the cached embedding.
+
+        ``multimask=None`` follows SAM's advice: three candidates for a single point,
+        one mask otherwise. Returns a :class:`~napari_sam_stack.predict.Prediction`.
+        """
+        from .predict import predict
+
+        i = self._index(index)
+        prompt = make_prompt(self.frames.frame_shape, points, point_labels, box, mask)
+        return predict(self.model, self.embeddings.get(i), prompt, multimask=multimask)
+
+    # ------------------------------------------------------------------ objects
+    def add_prompt(self, obj_id: int, index: int, points=None, point_labels=None, box=None, mask=None) -> None:
+        """Set the prompt of object ``obj_id`` on slice ``index`` (replacing an earlier one there)."""
+        obj = _obj_id(obj_id)
+        i = self._index(index)
+        prompt = make_prompt(self.frames.frame_shape, points, point_labels, box, mask)
+        if prompt.mask is not None and prompt.mask_is_logits:
+            raise PromptError("a propagation mask prompt must be a binary mask of the slice, not low-res logits")
+        self.prompts.setdefault(obj, {})[i] = prompt
+
+    def remove_prompt(self, obj_id: int, index: int | None = None) -> None:
+        """Forget the prompt of ``obj_id`` on slice ``index`` (all its slices when ``index`` is None)."""
+        obj = _obj_id(obj_id)
+        if obj not in self.prompts:
+            return
+        if index is None:
+            del self.prompts[obj]
+            return
+        self.prompts[obj].pop(self._index(index), None)
+        if not self.prompts[obj]:
+            del self.prompts[obj]
+
+    def clear_prompts(self) -> None:
+        self.prompts.clear()
+
+    # ------------------------------------------------------------------ 3D
+    def iter_propagate(
+        self,
+        progress: Callable[[int, int], Any] | None = None,
+        cancel: Callable[[], bool] | None = None,
+        *,
+        start: int | None = None,
+        stop: int | None = None,
+        max_absent: int | None = None,
+        obj_ids=None,
+    ) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+        """Propagate every object's prompts through the slices with SAM 2 memory attention.
+
+        Yields ``(index, {obj_id: (Y, X) float32 logits})`` as slices finish, both
+        directions from the prompted slices, within ``start..stop`` (inclusive).
+        ``max_absent``: stop a direction after that many consecutive slices where every
+        object is absent (SAM 2's object score).
+        """
+        from .propagate import iter_propagate
+
+        if self.model.family != "sam2":
+            raise ModelFamilyError(
+                "propagation needs a SAM 2 model (e.g. 'sam2.1_hiera_tiny'); SAM 1 segments one slice at a time."
+            )
+        prompts = self.prompts if obj_ids is None else {o: self.prompts[_obj_id(o)] for o in obj_ids if o in self.prompts}
+        if not prompts:
+            raise PromptError("nothing to propagate: add a prompt first (Session.add_prompt(obj_id, index, points=...))")
+        lo = 0 if start is None else self._index(start)
+        hi = len(self) - 1 if stop is None else self._index(stop)
+        if hi < lo:
+            raise PromptError(f"empty range: start={lo} > stop={hi}")
+        yield from iter_propagate(
+            self.model, self.embeddings, prompts, start=lo, stop=hi, max_absent=max_absent,
+            progress=progress, cancel=cancel,
+        )
+
+    def propagate(self, progress=None, cancel=None, **kw) -> np.ndarray:
+        """Propagate and return (N, Y, X) labels (0 = background; overlaps go to the highest logit).
+
+        Slices outside the range or never reached stay 0. A cancelled run raises
+        :class:`~napari_sam_stack.errors.Cancelled` and returns nothing partial.
+        """
+        labels = np.zeros(self.shape, dtype=np.min_scalar_type(max(self.prompts, default=1)))
+        for index, logits in self.iter_propagate(progress, cancel, **kw):
+            labels[index] = labels_from_logits(logits, self.frames.frame_shape, labels.dtype)
+        return labels
+
+
+def labels_from_logits(logits_by_obj: dict[int, np.ndarray], shape, dtype=np.uint32) -> np.ndarray:
+    """One slice of labels: each pixel gets the object with the highest positive logit."""
+    out = np.zeros(shape, dtype)
+    if not logits_by_obj:
+        return out
+    ids = np.array(list(logits_by_obj), dtype=dtype)
+    stack = np.stack([np.asarray(v, np.float32) for v in logits_by_obj.values()])
+    best = stack.argmax(0)
+    fg = np.take_along_axis(stack, best[None], 0)[0] > 0
+    out[fg] = ids[best[fg]]
+    return out
+
+
+def _obj_id(obj_id) -> int:
+    try:
+        o = int(obj_id)
+    except (TypeError, ValueError):
+        raise PromptError(f"object ids are positive integers, got {obj_id!r}") from None
+    if o != obj_id or o <= 0:
+        raise PromptError(f"object ids are positive integers (0 is background), got {obj_id!r}")
+    return o
