@@ -22,6 +22,7 @@ _LAZY = {
     "Frames": "normalise",
     "Prediction": "predict",
     "errors": None,
+    "models": None,
 }
 
 __all__ = sorted(_LAZY)

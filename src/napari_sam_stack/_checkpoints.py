@@ -67,9 +67,14 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not a refused class: the bytes are not a checkpoint
+            raise CheckpointError(
+                f"{path} ({path.stat().st_size} bytes) is truncated or corrupt: it is not a torch checkpoint. "
+                "Delete it and download it again."
+            ) from e
         raise CheckpointError(
             f"{path} holds pickled Python objects besides tensors, which are not loaded for safety "
-            f"(torch.load(weights_only=True) refused: {str(e).splitlines()[0]}). "
+            f"(torch.load(weights_only=True) refused: {_unsupported(e)}). "
             "Re-save it as a plain state dict: torch.save(model.state_dict(), 'weights.pt')."
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
@@ -79,6 +84,10 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
             "Delete it and download it again."
         ) from e
     return unwrap_state_dict(obj, path)
+
+
+def _unsupported(e: Exception) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "unsupported object")
 
 
 def unwrap_state_dict(obj: Any, path: Any = "checkpoint") -> dict[str, Any]:

@@ -54,7 +54,7 @@ def register_model(spec: ModelSpec, *, replace: bool = False) -> None:
 
 
 for _spec in (
-    # SHA-256 of the official files; the first 6 hex digits are in the file names.
+    # SHA-256 of the official files (the 6 hex digits in the file names are not a SHA-256 prefix).
     ModelSpec("sam_vit_b", "sam", _SAM1_URL + "sam_vit_b_01ec64.pth",
               "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375042383, model_type="vit_b"),
     ModelSpec("sam_vit_l", "sam", _SAM1_URL + "sam_vit_l_0b3195.pth",
@@ -244,7 +244,7 @@ def load_model(
     family = "sam2" if config is not None else ("sam" if model_type is not None else None)
     loaded = _load_file(path, config, model_type, overrides, dev, family=family)
     loaded.name = path.name
-    loaded.identity = "sha256:" + (digest or _cached_file_hash(path))
+    loaded.identity = "sha256:" + (digest or file_sha256_cached(path))
     return loaded
 
 
@@ -272,7 +272,7 @@ def _load_file(path, config, model_type, overrides, dev, family=None) -> LoadedM
 _HASHES: dict[tuple, str] = {}
 
 
-def _cached_file_hash(path: Path) -> str:
+def file_sha256_cached(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
