@@ -16,7 +16,7 @@ import numpy as np
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
 _SAMPLE_SLICES = 16
-_SAMPLE_PIXELS = 1 << 20  # per sampled slice
+_SAMPLE_PIXELS = 1 << 18  # per sampled slice
 
 
 class Frames:
@@ -32,7 +32,14 @@ class Frames:
         when the array has one more dimension than (slices, Y, X) needs.
     channel : channel index, or up to three indices mapped to R, G, B (default: grey
         replicated; 3 channels as RGB; a 4th channel, alpha, dropped).
-    contrast_limits : ``(low, high)`` for non-uint8 data, one pair or one per channel.
+    contrast_limits : ``(low, high)`` for non-uint8 data, one pair or one per channel
+        (ignored for uint8, which always passes through unchanged).
+    percentiles : used when ``contrast_limits`` is not given: the limits are these
+        percentiles of a sample of up to 16 evenly spaced slices (per channel, finite
+        values only; the sample's min/max when they coincide, e.g. for sparse data).
+
+    Values map linearly from ``low..high`` to 0..255 and are clipped; NaN becomes 0,
+    +inf 255, -inf 0; constant data becomes 0; bool maps False/True to 0/255.
     """
 
     def __init__(
@@ -56,9 +63,11 @@ class Frames:
             channel_axis = ndim - 1 if ndim == spatial_needed + 1 else None
         self.channel_axis = None if channel_axis is None else int(channel_axis) % ndim
         if ndim != spatial_needed + (self.channel_axis is not None):
+            hint = " For a single 2D image pass axis=None." if ndim in (2, 3) and axis is not None else ""
             raise ValueError(
                 f"image of shape {tuple(image.shape)} does not fit axis={axis}, fixed={fixed}, "
                 f"channel_axis={channel_axis}: expected {spatial_needed + (self.channel_axis is not None)} dimensions."
+                + hint
             )
         self.axis = None if axis is None else int(axis) % ndim
         taken = {self.axis, self.channel_axis, *self.fixed} - {None}
@@ -70,6 +79,8 @@ class Frames:
         self.spatial_axes = [a for a in range(ndim) if a not in taken]
         self.channels = self._choose_channels(channel)
         self.dtype = np.dtype(image.dtype)
+        if self.dtype.kind not in "biuf":
+            raise TypeError(f"cannot make frames from {self.dtype} data: give bool, integer or float pixels")
         self.passthrough = self.dtype == np.uint8
         self.contrast_limits = None if self.passthrough else self._limits(contrast_limits, percentiles)
 
@@ -109,14 +120,16 @@ class Frames:
             key[self.axis] = int(index) % n
         for ax, i in self.fixed.items():
             key[ax] = i
-        if self.channels is not None:
-            key[self.channel_axis] = self.channels
+        if self.channels is not None:  # a plain slice works for every array type (zarr, h5py, dask)
+            key[self.channel_axis] = slice(min(self.channels), max(self.channels) + 1)
         arr = np.asarray(self.image[tuple(key)])
         kept = [a for a in range(len(self.image.shape)) if not isinstance(key[a], int)]
         order = [kept.index(a) for a in self.spatial_axes]
-        if self.channels is not None:
-            order.append(kept.index(self.channel_axis))
-        return np.transpose(arr, order)
+        if self.channels is None:
+            return np.transpose(arr, order)
+        arr = np.transpose(arr, order + [kept.index(self.channel_axis)])
+        first = min(self.channels)
+        return arr[..., [c - first for c in self.channels]]
 
     def __getitem__(self, index: int) -> np.ndarray:
         """Frame ``index`` as uint8 (Y, X, 3)."""
@@ -140,12 +153,16 @@ class Frames:
         return out
 
     def _scale(self, raw: np.ndarray) -> np.ndarray:
+        """(x - low) / (high - low) -> 0..255 with the volume-wide limits; NaN -> 0, +inf -> 255."""
         lo, hi = self.contrast_limits
-        x = raw.astype(np.float64) if raw.dtype != np.float64 else raw.copy()
-        span = np.where(hi > lo, hi - lo, 1.0)
-        x = (x - lo) / span
-        x = np.where(np.isnan(x), 0.0, x)
-        return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+        x = raw.astype(np.float64)  # always a copy: operated on in place below
+        span = np.where(hi > lo, hi - lo, 1.0)  # constant data: no division by zero
+        x -= lo
+        x /= span
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+        np.clip(x, 0.0, 1.0, out=x)
+        x *= 255.0
+        return np.rint(x, out=x).astype(np.uint8)
 
     def _limits(self, given, percentiles) -> tuple[np.ndarray, np.ndarray]:
         k = 1 if self.channels is None else len(self.channels)
@@ -155,6 +172,8 @@ class Frames:
             arr = np.asarray(given, dtype=np.float64).reshape(-1, 2)
             if arr.shape[0] not in (1, k):
                 raise ValueError(f"contrast_limits: give one (low, high) pair or {k}")
+            if not np.isfinite(arr).all() or (arr[:, 1] < arr[:, 0]).any():
+                raise ValueError(f"contrast_limits must be finite (low, high) pairs with low <= high, got {given!r}")
             arr = np.broadcast_to(arr, (k, 2))
             return arr[:, 0].copy(), arr[:, 1].copy()
         sample = self._sample()
@@ -164,12 +183,14 @@ class Frames:
             v = v[np.isfinite(v)]
             if v.size == 0:
                 lo[c], hi[c] = 0.0, 1.0
-            else:
-                lo[c], hi[c] = np.percentile(v, percentiles)
+                continue
+            lo[c], hi[c] = np.percentile(v, percentiles)
+            if hi[c] <= lo[c]:  # e.g. sparse data, 99.5 % background: fall back to the full range
+                lo[c], hi[c] = v.min(), v.max()
         return lo, hi
 
     def _sample(self) -> np.ndarray:
-        """Pixels of up to 16 evenly spaced slices, spatially strided to about 1 M pixels each."""
+        """Pixels of up to 16 evenly spaced slices (read one at a time), strided to about 260 k pixels each."""
         n = len(self)
         idx = np.unique(np.linspace(0, n - 1, min(n, _SAMPLE_SLICES)).round().astype(int))
         h, w = self.frame_shape
