@@ -1,0 +1,158 @@
+"""``napari-sam-stack`` command line: the demo, models, embeddings and headless segmentation.
+
+    napari-sam-stack demo [--checkpoint x.pt] [--test-model]
+    napari-sam-stack models
+    napari-sam-stack download sam2.1_hiera_tiny
+    napari-sam-stack embed stack.tif --model sam2.1_hiera_tiny
+    napari-sam-stack segment stack.tif --model sam2.1_hiera_tiny --point 12,140,96 --out labels.tif
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import SamStackError
+
+
+def _model_args(p: argparse.ArgumentParser, default: str | None = "sam2.1_hiera_tiny") -> None:
+    p.add_argument("--model", default=default, help="registry name (see `napari-sam-stack models`)")
+    p.add_argument("--checkpoint", help="local checkpoint file instead of a registry name")
+    p.add_argument("--config", help="SAM 2 config for --checkpoint (name or YAML path)")
+    p.add_argument("--model-type", help="SAM 1 encoder type for --checkpoint (vit_b, vit_l, vit_h, auto)")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+
+
+def _load(args):
+    from .models import load_model
+
+    if args.checkpoint:
+        return load_model(checkpoint=args.checkpoint, config=args.config, model_type=args.model_type, device=args.device)
+    return load_model(args.model, device=args.device)
+
+
+def read_image(path: str):
+    """A TIFF (memory-mapped when possible) or a zarr array, read lazily where the format allows."""
+    p = Path(path)
+    if p.suffix == ".zarr" or (p.is_dir() and (p / "zarr.json").exists() or (p / ".zarray").exists()):
+        import zarr
+
+        return zarr.open_array(str(p), mode="r")
+    import tifffile
+
+    try:
+        return tifffile.memmap(str(p), mode="r")
+    except ValueError:  # compressed or tiled: read it
+        return tifffile.imread(str(p))
+
+
+def _progress(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="slice")
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar
+
+
+def cmd_models(args) -> int:
+    from .models import model_spec, weights_dir, available_models
+
+    for name in available_models():
+        spec = model_spec(name)
+        here = (weights_dir() / spec.filename).is_file()
+        print(f"{name:24s} {spec.family:5s} {'cached' if here else '-':7s} {spec.url}")
+    print(f"weights cache: {weights_dir()}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .models import download_checkpoint
+
+    print(download_checkpoint(args.name))
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from .session import Session
+
+    s = Session(read_image(args.image), _load(args), axis=args.axis, cache_dir=args.cache_dir)
+    update, bar = _progress("embeddings")
+    s.compute_embeddings(progress=update)
+    bar.close()
+    print(f"{len(s)} slices embedded")
+    return 0
+
+
+def cmd_segment(args) -> int:
+    import numpy as np
+    import tifffile
+
+    from .session import Session
+
+    s = Session(read_image(args.image), _load(args), axis=args.axis, cache_dir=args.cache_dir)
+    for p in args.point or []:
+        z, r, c = (float(v) for v in p.split(","))
+        s.add_prompt(1, int(z), points=[[r, c]], point_labels=[1])
+    if args.prompts:
+        for item in json.loads(Path(args.prompts).read_text()):
+            s.add_prompt(item["obj"], item["index"], points=item.get("points"),
+                         point_labels=item.get("labels"), box=item.get("box"))
+    update, bar = _progress("propagate")
+    labels = s.propagate(progress=update)
+    bar.close()
+    tifffile.imwrite(args.out, labels)
+    print(f"wrote {args.out}: {len(np.unique(labels)) - 1} object(s) on {int((labels.reshape(len(labels), -1) > 0).any(1).sum())} slice(s)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ._widget._demo import run_demo
+
+    return run_demo(args)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="napari-sam-stack", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("demo", help="napari with the sample stack and the widget docked")
+    _model_args(p)
+    p.add_argument("--test-model", action="store_true", help="use a random-weight tiny model (no download)")
+    p.add_argument("--screenshot", help="save a screenshot of the window to this PNG and quit")
+    p.set_defaults(func=cmd_demo)
+
+    sub.add_parser("models", help="list the registry").set_defaults(func=cmd_models)
+    p = sub.add_parser("download", help="download and verify a checkpoint")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_download)
+
+    for name, func, helptext in (("embed", cmd_embed, "precompute embeddings into the cache"),
+                                 ("segment", cmd_segment, "prompt and propagate headless, write labels")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("image", help="TIFF file or zarr array")
+        p.add_argument("--axis", type=int, default=0, help="slice axis (default 0)")
+        p.add_argument("--cache-dir", default=None)
+        _model_args(p)
+        if name == "segment":
+            p.add_argument("--point", action="append", help="slice,row,col of a positive click on object 1")
+            p.add_argument("--prompts", help='JSON list of {"obj", "index", "points", "labels", "box"}')
+            p.add_argument("--out", required=True, help="output labels TIFF")
+        p.set_defaults(func=func)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SamStackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
