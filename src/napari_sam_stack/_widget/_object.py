@@ -1,0 +1,279 @@
+"""The current object: prompts -> preview (one decoder call), candidates, propagation, commit.
+
+A mixin of :class:`~napari_sam_stack._widget._widget.SamStackWidget`; the widget's
+``session``, layers and task runner are used here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelFamilyError, PromptError
+from ._layers import (
+    NEGATIVE,
+    POSITIVE,
+    TARGET_NAME,
+    commit_object,
+    fits,
+    make_labels_layer,
+    next_free_id,
+    read_prompts,
+    set_point_labels,
+    write_preview,
+)
+from ._report import reported
+from ._workers import Failed
+
+
+class ObjectActions:
+    """Everything the user does to the current object (keys and buttons call these)."""
+
+    def _reset_object_state(self) -> None:
+        self._prompts: dict = {}  # slice -> SlicePrompt read from the prompt layers
+        self._snapshot: dict = {}  # slice -> prompt signature, to find the slices that changed
+        self._candidates: dict = {}  # slice -> Prediction of the last prompt there
+        self._choice: dict = {}  # slice -> candidate the user cycled to
+        self._mask_prompts: dict = {}  # slice -> bool mask (an existing label loaded for refinement)
+        self._session_obj = None
+        self._prompts_dirty = False
+
+    @property
+    def obj_id(self) -> int:
+        return int(self.obj_spin.value())
+
+    # ------------------------------------------------------------------ prompts -> preview
+    def _on_prompt_data(self, event=None) -> None:
+        action = str(getattr(event, "action", "") or "")
+        if action.endswith("ing"):  # 'adding', 'changing', 'removing': wait for the result
+            return
+        self._prompts_changed()
+
+    @reported
+    def _prompts_changed(self) -> None:
+        if self.model is None or self.image_layer is None:
+            return
+        session = self.session
+        view = self._view
+        prompts = read_prompts(view, self.points_layer, self.boxes_layer)
+        sigs = {i: p.signature() for i, p in prompts.items()}
+        changed = sorted(i for i in set(sigs) | set(self._snapshot) if sigs.get(i) != self._snapshot.get(i))
+        self._prompts, self._snapshot = prompts, sigs
+        for i in changed:
+            self._choice.pop(i, None)
+            self._candidates.pop(i, None)
+            if i in prompts:
+                self._request_preview(session, i)
+            else:
+                write_preview(self.preview_layer, view, i, self._mask_prompts.get(i))
+        self._sync_session_prompts()
+
+    def _request_preview(self, session, i: int) -> None:
+        p, mask = self._prompts[i], self._mask_prompts.get(i)
+        multimask = p.box is None and mask is None and p.points is not None and len(p.points) == 1
+
+        def run():
+            return session.predict(i, points=p.points, point_labels=p.labels, box=p.box, mask=mask, multimask=multimask)
+
+        if not session.embeddings.is_computed(i):
+            self.set_status(f"slice {i}: encoding it first …")
+        self._predictor.submit(i, run)
+
+    def _on_prediction(self, i: int, prediction) -> None:
+        if self._view is None or i not in self._prompts:
+            return
+        self._candidates[i] = prediction
+        k = int(np.argmax(prediction.scores))
+        write_preview(self.preview_layer, self._view, i, prediction.masks[k])
+        self._show_candidate(i, k)
+        self._sync_session_prompts()
+
+    def _show_candidate(self, i: int, k: int) -> None:
+        pred = self._candidates[i]
+        n = len(pred.masks)
+        more = f" (candidate {k + 1}/{n}, M cycles)" if n > 1 else ""
+        self.set_status(f"slice {i}: predicted IoU {float(pred.scores[k]):.3f}{more}, {int(pred.masks[k].sum())} px")
+
+    def _sync_session_prompts(self) -> None:
+        """Mirror the layers' prompts of this object into ``session.prompts`` (what propagation uses)."""
+        if self._task is not None and self._task_kind == "propagate":
+            self._prompts_dirty = True
+            return
+        s, obj = self._session, self.obj_id
+        if s is None:
+            return
+        if self._session_obj is not None:
+            s.remove_prompt(self._session_obj)
+        s.remove_prompt(obj)
+        self._session_obj = obj
+        for i in sorted(set(self._prompts) | set(self._mask_prompts)):
+            p, mask = self._prompts.get(i), self._mask_prompts.get(i)
+            chosen = self._chosen_mask(i)
+            if chosen is not None:  # the candidate the user picked, or a refined loaded label
+                s.add_prompt(obj, i, mask=chosen)
+            elif p is not None:
+                s.add_prompt(obj, i, points=p.points, point_labels=p.labels, box=p.box)
+            elif mask is not None and mask.any():
+                s.add_prompt(obj, i, mask=mask)
+        self._prompts_dirty = False
+
+    def _chosen_mask(self, i: int):
+        pred = self._candidates.get(i)
+        if pred is None:
+            return None
+        if i in self._choice:
+            m = pred.masks[self._choice[i]]
+        elif i in self._mask_prompts:
+            m = pred.masks[int(np.argmax(pred.scores))]
+        else:
+            return None
+        return m if m.any() else None
+
+    # ------------------------------------------------------------------ keys
+    @reported
+    def toggle_polarity(self) -> None:
+        """Switch between positive and negative clicks; in select mode, the selected points switch too."""
+        self._polarity = NEGATIVE if self._polarity == POSITIVE else POSITIVE
+        if self.points_layer is not None:
+            layer = self.points_layer
+            selected = sorted(layer.selected_data) if str(layer.mode) == "select" else []
+            set_point_labels(layer, self._polarity, selected)
+            if selected:
+                self._prompts_changed()
+        self.set_status(f"clicks are now {self._polarity}")
+
+    @reported
+    def cycle_candidate(self) -> None:
+        """Show the next of SAM's 3 candidate masks for a single click on this slice."""
+        i = self.current_index()
+        pred = self._candidates.get(i)
+        if pred is None or len(pred.masks) < 2:
+            raise PromptError("no alternative masks on this slice: they exist for a single click (no box)")
+        k = (self._choice.get(i, int(np.argmax(pred.scores))) + 1) % len(pred.masks)
+        self._choice[i] = k
+        write_preview(self.preview_layer, self._view, i, pred.masks[k])
+        self._show_candidate(i, k)
+        self._sync_session_prompts()
+
+    @reported
+    def clear_object(self) -> None:
+        """Forget the current object's prompts and preview (committed labels stay)."""
+        self._predictor.invalidate()
+        for layer in (self.points_layer, self.boxes_layer):
+            if layer is not None and len(layer.data):
+                layer.events.data.disconnect(self._on_prompt_data)
+                try:
+                    layer.data = np.empty((0, layer.ndim)) if layer is self.points_layer else []
+                finally:
+                    layer.events.data.connect(self._on_prompt_data)
+        if self.preview_layer is not None:
+            self.preview_layer.data[...] = 0
+            self.preview_layer.refresh()
+        if self._session is not None:
+            for o in {self.obj_id, self._session_obj} - {None}:
+                self._session.remove_prompt(o)
+        self._reset_object_state()
+        self.set_status(f"object {self.obj_id}: cleared")
+
+    @reported
+    def next_object(self) -> None:
+        """Start a new object with the next free id of the labels layer."""
+        self.clear_object()
+        target = self.target_layer
+        self.obj_spin.setValue(next_free_id(target) if target is not None else self.obj_id + 1)
+        self.set_status(f"object {self.obj_id}: click on it")
+
+    def _on_obj_changed(self, *_) -> None:
+        self._sync_session_prompts()
+
+    # ------------------------------------------------------------------ propagation
+    @reported
+    def propagate(self) -> None:
+        """Propagate the current object over the slice range (both directions), in the background."""
+        s = self.session
+        if s.model.family != "sam2":
+            raise ModelFamilyError("propagation needs a SAM 2 model (e.g. 'sam2.1_hiera_tiny'): SAM 1 segments one slice at a time")
+        if len(s) < 2:
+            raise PromptError("a single 2D image has nothing to propagate to")
+        self._sync_session_prompts()
+        obj = self.obj_id
+        if obj not in s.prompts:
+            raise PromptError("nothing to propagate: click on the object (or draw a box) first")
+        start, stop = self.start_spin.value(), self.stop_spin.value()
+        reached: set[int] = set()
+
+        def run(task):
+            for index, logits in s.iter_propagate(cancel=task.is_cancelled, start=start, stop=stop, obj_ids=[obj]):
+                yield index, logits.get(obj)
+
+        def on_yield(item):
+            index, logits = item
+            reached.add(index)
+            write_preview(self.preview_layer, self._view, index, None if logits is None else np.asarray(logits) > 0)
+            task.pbar.n = len(reached)
+            task.pbar.refresh()
+
+        def on_done(result, cancelled):
+            if isinstance(result, Failed):
+                self.report(result.error)
+            elif cancelled:
+                self.set_status(f"propagation cancelled after {len(reached)} slice(s): labels layer untouched")
+            else:
+                for i in set(range(start, stop + 1)) - reached:
+                    write_preview(self.preview_layer, self._view, i, None)
+                self.set_status(f"propagated over {len(reached)} slice(s) ({start}..{stop}): check, fix, commit (Shift-C)")
+            if self._prompts_dirty:
+                self._sync_session_prompts()
+
+        self.set_status(f"propagating slices {start}..{stop} …")
+        task = self._start_task("propagate", run, desc="Propagating", total=stop - start + 1, generator=True,
+                                on_yield=on_yield, on_done=on_done)
+
+    # ------------------------------------------------------------------ labels
+    def _target(self, create: bool):
+        target = self.target_layer
+        if target is None and create:
+            target = make_labels_layer(self.viewer, self._view, TARGET_NAME, np.uint32)
+            self.target_layer = target
+        if target is not None and not fits(target, self._view):
+            raise PromptError(
+                f"labels layer {target.name!r} has shape {tuple(target.data.shape)} but the image's labels need "
+                f"{self._view.label_shape}: choose another labels layer (or 'new layer')"
+            )
+        return target
+
+    @reported
+    def commit(self) -> None:
+        """Write the previewed object into the labels layer (one undo step), then start the next object."""
+        if self._task is not None and self._task_kind == "propagate":
+            raise PromptError("propagation is running: wait for it or press Cancel before committing")
+        _ = self.session
+        obj = np.asarray(self.preview_layer.data[self._view.region_key()]) != 0
+        if not obj.any():
+            raise PromptError("nothing to commit: the preview of this object is empty")
+        target = self._target(create=True)
+        n = commit_object(target, self._view, obj, self.obj_id, overwrite=self.overwrite_check.isChecked())
+        done = self.obj_id
+        self.next_object()
+        self.set_status(f"object {done} committed to {target.name!r} ({n} pixels changed; Ctrl+Z on it undoes)")
+
+    @reported
+    def edit_label(self) -> None:
+        """Load the labels layer's selected label as the current object, to refine and re-commit."""
+        _ = self.session
+        target = self._target(create=False)
+        if target is None:
+            raise PromptError("choose the labels layer that holds the label first")
+        lab = int(target.selected_label)
+        obj = np.asarray(target.data[self._view.region_key()]) == lab
+        if lab == 0 or not obj.any():
+            raise PromptError(f"label {lab} is not in {target.name!r}: select an existing label (picker or spin box)")
+        self.clear_object()
+        self.obj_spin.setValue(lab)
+        self.preview_layer.data[self._view.region_key()] = obj
+        self.preview_layer.refresh()
+        i = self.current_index()
+        slice_mask = obj[i] if self._view.axis is not None else obj
+        if slice_mask.any():
+            self._mask_prompts[i] = slice_mask
+        self._sync_session_prompts()
+        self.set_status(f"label {lab} loaded: click to refine it, propagate, then commit")

@@ -1,0 +1,136 @@
+"""How a napari image layer maps onto a :class:`~napari_sam_stack.Session`.
+
+A layer of shape (..., Y, X) (plus a trailing RGB(A) axis) is walked along one
+non-spatial axis (z or t); every other non-spatial axis stays at one index (the
+viewer's position when the session was made). Labels, previews and prompt layers
+share the layer's non-RGB shape, scale and translate, so indices line up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SliceView:
+    """The part of an image layer a session sees.
+
+    ``axis``: layer data axis walked by the session (``None`` for a single 2D image);
+    ``fixed``: ``{axis: index}`` for the other non-spatial axes; ``channel``: for RGB
+    layers, one channel index (``None`` uses all three); ``contrast``: "auto"
+    (volume percentiles) or "layer" (the layer's contrast limits).
+    """
+
+    layer: object
+    axis: int | None
+    fixed: dict[int, int] = field(default_factory=dict)
+    channel: int | None = None
+    contrast: str = "auto"
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def data(self):
+        layer = self.layer
+        return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+    @property
+    def rgb(self) -> bool:
+        return bool(getattr(self.layer, "rgb", False))
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        """Shape of a labels array over the layer (no RGB axis)."""
+        shape = tuple(int(s) for s in self.data.shape)
+        return shape[:-1] if self.rgb else shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.label_shape)
+
+    def __len__(self) -> int:
+        return 1 if self.axis is None else self.label_shape[self.axis]
+
+    def key(self) -> tuple:
+        """Signature of this view: a session is rebuilt when it changes."""
+        return (id(self.layer), self.axis, tuple(sorted(self.fixed.items())), self.channel, self.contrast)
+
+    # ------------------------------------------------------------------ session
+    def session_kwargs(self) -> dict:
+        """Keyword arguments of :class:`~napari_sam_stack.Session` for this view."""
+        kw: dict = {"axis": self.axis, "fixed": dict(self.fixed)}
+        if self.rgb:
+            kw["channel_axis"] = -1
+            if self.channel is not None:
+                kw["channel"] = self.channel
+        else:
+            kw["channel_axis"] = None
+        if self.contrast == "layer" and np.dtype(self.data.dtype) != np.uint8:
+            kw["contrast_limits"] = tuple(float(c) for c in self.layer.contrast_limits)
+        return kw
+
+    # ------------------------------------------------------------------ indexing
+    def slice_key(self, index: int) -> tuple:
+        """Index of slice ``index`` in a label-shaped array: a (Y, X) view."""
+        key: list = [slice(None)] * self.ndim
+        if self.axis is not None:
+            key[self.axis] = int(index)
+        for ax, i in self.fixed.items():
+            key[ax] = i
+        return tuple(key)
+
+    def region_key(self) -> tuple:
+        """Index of everything the session covers in a label-shaped array: (N, Y, X) or (Y, X)."""
+        key: list = [slice(None)] * self.ndim
+        for ax, i in self.fixed.items():
+            key[ax] = i
+        return tuple(key)
+
+    def region_to_full(self, region_indices: tuple) -> tuple:
+        """Turn ``np.nonzero`` of a region array into indices of the full label array."""
+        n = len(region_indices[0])
+        out, it = [], iter(region_indices)
+        for ax in range(self.ndim):
+            out.append(np.full(n, self.fixed[ax], np.intp) if ax in self.fixed else next(it))
+        return tuple(out)
+
+    def index_at(self, world_point) -> int:
+        """Session slice index at a viewer position (``viewer.dims.point``)."""
+        if self.axis is None:
+            return 0
+        pos = self.layer.world_to_data(world_point)
+        return int(np.clip(np.round(pos[self.axis]), 0, len(self) - 1))
+
+    def on_view(self, coords: np.ndarray) -> np.ndarray:
+        """Rows of (M, ndim) layer coordinates that lie at this view's fixed indices."""
+        keep = np.ones(len(coords), bool)
+        for ax, i in self.fixed.items():
+            keep &= np.round(coords[:, ax]) == i
+        return keep
+
+    def slice_of(self, coords: np.ndarray) -> np.ndarray:
+        """Session slice index of each row of (M, ndim) layer coordinates."""
+        if self.axis is None:
+            return np.zeros(len(coords), int)
+        return np.round(coords[:, self.axis]).astype(int)
+
+
+def nonspatial_axes(layer) -> list[int]:
+    """Layer axes that can be a slice axis or held fixed: all but the last two (Y, X)."""
+    ndim = layer.ndim
+    return list(range(max(0, ndim - 2)))
+
+
+def make_view(layer, axis, world_point, channel=None, contrast="auto") -> SliceView:
+    """A :class:`SliceView` walking ``axis``; other non-spatial axes fixed at ``world_point``."""
+    axes = nonspatial_axes(layer)
+    if axis is None and axes:
+        raise ValueError(f"layer {layer.name!r} has {layer.ndim} dimensions: choose the slice axis (z or t)")
+    if axis is not None and axis not in axes:
+        raise ValueError(f"axis {axis} is not a slice axis of layer {layer.name!r} (choose one of {axes})")
+    pos = layer.world_to_data(world_point)
+    view = SliceView(layer, axis, channel=channel, contrast=contrast)
+    shape = view.label_shape
+    fixed = {ax: int(np.clip(np.round(pos[ax]), 0, shape[ax] - 1)) for ax in axes if ax != axis}
+    return SliceView(layer, axis, fixed, channel, contrast)

@@ -1,0 +1,325 @@
+"""The dock widget: a thin view over a :class:`napari_sam_stack.Session`.
+
+Choose image layer / slice axis / channel, load a model, compute embeddings in the
+background, then click. ``widget.session`` is the same object the console can script.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import Cancelled
+from ..models import available_models
+from ._compat import guard_llvm_clash
+from ._controls import LOCAL, Controls
+from ._keys import bind_keys, unbind_keys
+from ._layers import POSITIVE, fits, make_boxes_layer, make_labels_layer, make_points_layer, PREVIEW_NAME
+from ._object import ObjectActions
+from ._report import UserError, notify, reported
+from ._view import SliceView, make_view, nonspatial_axes
+from ._workers import Failed, LatestOnly, Task
+
+
+class SamStackWidget(ObjectActions, Controls):
+    """Segment Anything on stacks: click, preview, propagate, commit."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        guard_llvm_clash()
+        self.viewer = napari_viewer
+        self.model = None
+        self._session = None
+        self._session_key = None
+        self._view: SliceView | None = None
+        self.points_layer = self.boxes_layer = self.preview_layer = None
+        self._task: Task | None = None
+        self._task_kind = ""
+        self._predictor = LatestOnly(self._on_prediction, self.report)
+        self._reset_object_state()
+        self._polarity = POSITIVE
+        self._image_layers: list = []
+        self._label_layers: list = []
+
+        self.model_combo.addItems([*available_models(), LOCAL])
+        self.model_combo.currentTextChanged.connect(lambda t: self.show_local_fields(t == LOCAL))
+        self.show_local_fields(False)
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.axis_combo.currentIndexChanged.connect(self._on_view_changed)
+        self.channel_combo.currentIndexChanged.connect(self._on_view_changed)
+        self.contrast_combo.currentIndexChanged.connect(self._on_view_changed)
+        self.load_button.clicked.connect(self.load_model)
+        self.embed_button.clicked.connect(self.compute_embeddings)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.propagate_button.clicked.connect(self.propagate)
+        self.commit_button.clicked.connect(self.commit)
+        self.clear_button.clicked.connect(self.clear_object)
+        self.next_button.clicked.connect(self.next_object)
+        self.edit_button.clicked.connect(self.edit_label)
+        self.obj_spin.valueChanged.connect(self._on_obj_changed)
+
+        ev = self.viewer.layers.events
+        for e in (ev.inserted, ev.removed, ev.reordered):
+            e.connect(self._refresh_layer_choices)
+        bind_keys(self, self.viewer)
+        self._refresh_layer_choices()
+
+    # ------------------------------------------------------------------ reporting
+    def report(self, error: BaseException) -> None:
+        """Show an error as a napari notification and in the status line."""
+        notify(error)
+        self.status_label.setText(str(error))
+
+    def set_status(self, text: str) -> None:
+        self.status_label.setText(text)
+
+    # ------------------------------------------------------------------ layer choices
+    def _refresh_layer_choices(self, event=None) -> None:
+        from napari.layers import Image, Labels
+
+        current = self.image_layer
+        self._image_layers = [lay for lay in self.viewer.layers if isinstance(lay, Image)]
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems([lay.name for lay in self._image_layers])
+        if current in self._image_layers:
+            self.image_combo.setCurrentIndex(self._image_layers.index(current))
+        self.image_combo.blockSignals(False)
+
+        target = self.target_layer
+        self._label_layers = [lay for lay in self.viewer.layers if isinstance(lay, Labels) and lay is not self.preview_layer]
+        self.target_combo.clear()
+        self.target_combo.addItems(["new layer", *[lay.name for lay in self._label_layers]])
+        if target in self._label_layers:
+            self.target_combo.setCurrentIndex(1 + self._label_layers.index(target))
+        if self.image_layer is not current:
+            self._on_image_changed()
+
+    @property
+    def image_layer(self):
+        i = self.image_combo.currentIndex()
+        return self._image_layers[i] if 0 <= i < len(self._image_layers) else None
+
+    @image_layer.setter
+    def image_layer(self, layer) -> None:
+        self.image_combo.setCurrentIndex(self._image_layers.index(layer))
+
+    @property
+    def target_layer(self):
+        """The labels layer commits go to (``None``: a new one is made on the first commit)."""
+        i = self.target_combo.currentIndex() - 1
+        return self._label_layers[i] if 0 <= i < len(self._label_layers) else None
+
+    @target_layer.setter
+    def target_layer(self, layer) -> None:
+        self._refresh_layer_choices()
+        self.target_combo.setCurrentIndex(0 if layer is None else 1 + self._label_layers.index(layer))
+
+    def _on_image_changed(self, *_) -> None:
+        layer = self.image_layer
+        self.axis_combo.blockSignals(True)
+        self.channel_combo.blockSignals(True)
+        self.axis_combo.clear()
+        self.channel_combo.clear()
+        if layer is not None:
+            axes = nonspatial_axes(layer)
+            if not axes:
+                self.axis_combo.addItem("none (2D image)", None)
+            labels = self.viewer.dims.axis_labels
+            offset = self.viewer.dims.ndim - layer.ndim
+            for ax in axes:
+                self.axis_combo.addItem(f"{labels[ax + offset]} (axis {ax}, {layer.data.shape[ax] if not layer.multiscale else layer.data[0].shape[ax]})", ax)
+            if axes:
+                self.axis_combo.setCurrentIndex(len(axes) - 1)
+            if layer.rgb:
+                for name, c in (("RGB", None), ("red", 0), ("green", 1), ("blue", 2)):
+                    self.channel_combo.addItem(name, c)
+            else:
+                self.channel_combo.addItem("grey (one channel per layer)", None)
+        self.channel_combo.setEnabled(layer is not None and layer.rgb)
+        self.axis_combo.blockSignals(False)
+        self.channel_combo.blockSignals(False)
+        self._on_view_changed()
+
+    def set_axis(self, axis: int | None) -> None:
+        """Choose the slice axis (layer data axis), as the combo box does."""
+        self.axis_combo.setCurrentIndex(self.axis_combo.findData(axis))
+
+    def set_channel(self, channel: int | None) -> None:
+        self.channel_combo.setCurrentIndex(self.channel_combo.findData(channel))
+
+    @reported
+    def _on_view_changed(self, *_) -> None:
+        layer = self.image_layer
+        if layer is None:
+            return
+        n = len(self.current_view())
+        for spin in (self.start_spin, self.stop_spin):
+            spin.setRange(0, n - 1)
+        self.start_spin.setValue(0)
+        self.stop_spin.setValue(n - 1)
+        if self.model is not None:
+            _ = self.session
+
+    # ------------------------------------------------------------------ model
+    @reported
+    def load_model(self) -> None:
+        """Load the model chosen in the combo box, in the background."""
+        from .. import models
+
+        name, device = self.model_combo.currentText(), self.device_combo.currentText()
+        kw: dict = {"device": None if device == "auto" else device}
+        if name == LOCAL:
+            ckpt, cfg = self.ckpt_edit.text().strip(), self.config_edit.text().strip()
+            if not ckpt:
+                raise UserError("choose a checkpoint file first")
+            kw["checkpoint"] = ckpt
+            if cfg.endswith((".yaml", ".yml")) or "/" in cfg:
+                kw["config"] = cfg
+            elif cfg:
+                kw["model_type"] = cfg
+        else:
+            kw["model"] = name
+        self.set_status(f"loading {name} …")
+        self._start_task("model", lambda task: models.load_model(**kw), desc=f"Loading {name}", on_done=self._model_loaded)
+
+    def _model_loaded(self, result, cancelled=False) -> None:
+        if isinstance(result, Failed):
+            self.report(result.error)
+            self.set_status("no model loaded")
+        else:
+            self.set_model(result)
+
+    @reported
+    def set_model(self, model) -> None:
+        """Use an already-loaded :class:`~napari_sam_stack.LoadedModel` (console, tests)."""
+        self.model = model
+        self.model_label.setText(f"{model.name} ({'SAM 2' if model.family == 'sam2' else 'SAM 1'}, {model.device})")
+        self.set_status("model ready: click on the object (Points layer 'SAM points')")
+        if self.image_layer is not None:
+            _ = self.session
+
+    # ------------------------------------------------------------------ session
+    def current_view(self) -> SliceView:
+        layer = self.image_layer
+        if layer is None:
+            raise UserError("no image layer: open an image first")
+        contrast = "layer" if self.contrast_combo.currentIndex() == 1 else "auto"
+        return make_view(layer, self.axis_combo.currentData(), self.viewer.dims.point,
+                         channel=self.channel_combo.currentData(), contrast=contrast)
+
+    @property
+    def session(self):
+        """The :class:`~napari_sam_stack.Session` for the chosen layer, axis and model.
+
+        Rebuilt (embeddings and prompts start afresh) when the layer, axis, channel,
+        model, or, for 4D data, the fixed index of the other axis changes.
+        """
+        from ..session import Session
+
+        view = self.current_view()
+        if self.model is None:
+            raise UserError("no model: load one first (Model → Load model)")
+        key = (view.key(), id(self.model))
+        if self._session is None or key != self._session_key:
+            self._predictor.invalidate()
+            self._session = Session(view.data, self.model, **view.session_kwargs())
+            self._session_key, self._view = key, view
+            self._reset_object_state()
+            self._ensure_layers(view)
+        return self._session
+
+    @property
+    def view(self) -> SliceView | None:
+        return self._view
+
+    def current_index(self) -> int:
+        """Session slice index the viewer shows."""
+        return self._view.index_at(self.viewer.dims.point)
+
+    def _ensure_layers(self, view: SliceView) -> None:
+        layers = self.viewer.layers
+        fresh = False
+        if self.points_layer not in layers or not fits(self.points_layer, view):
+            self.points_layer = make_points_layer(self.viewer, view)
+            self.points_layer.events.data.connect(self._on_prompt_data)
+            self.points_layer.events.features.connect(self._on_prompt_data)
+            bind_keys(self, self.points_layer)
+            fresh = True
+        if self.boxes_layer not in layers or not fits(self.boxes_layer, view):
+            self.boxes_layer = make_boxes_layer(self.viewer, view)
+            self.boxes_layer.events.data.connect(self._on_prompt_data)
+            bind_keys(self, self.boxes_layer)
+            fresh = True
+        if self.preview_layer not in layers or not fits(self.preview_layer, view):
+            self.preview_layer = make_labels_layer(self.viewer, view, PREVIEW_NAME, np.uint8, opacity=0.6)
+            bind_keys(self, self.preview_layer)
+        else:
+            self.preview_layer.data[...] = 0
+            self.preview_layer.refresh()
+        if fresh:
+            self.viewer.layers.selection.active = self.points_layer
+        self._refresh_layer_choices()
+
+    # ------------------------------------------------------------------ long tasks
+    @property
+    def busy(self) -> bool:
+        """True while a background task or a preview request runs."""
+        return self._task is not None or self._predictor.busy
+
+    def _start_task(self, kind: str, fn, *, desc: str, total: int = 0, generator=False, on_yield=None, on_done=None):
+        if self._task is not None:
+            raise UserError(f"{self._task_kind} is running: wait for it or press Cancel")
+
+        def done(result, cancelled=False):
+            self._task = None
+            self.cancel_button.setEnabled(False)
+            if on_done is not None:
+                on_done(result, cancelled)
+
+        self._task_kind = kind
+        self.cancel_button.setEnabled(True)
+        self._task = Task(fn, desc=desc, total=total, generator=generator, on_yield=on_yield,
+                          on_done=done, on_cancel=lambda r: done(r, True))
+        return self._task
+
+    def cancel(self) -> None:
+        """Stop the running background task (embeddings or propagation); committed labels are untouched."""
+        if self._task is not None:
+            self._task.cancel()
+
+    @reported
+    def compute_embeddings(self) -> None:
+        """Encode every slice in the background (progress bar, Cancel); clicks stay answered meanwhile."""
+        s = self.session
+
+        def run(task):
+            s.compute_embeddings(progress=task.progress, cancel=task.is_cancelled)
+
+        self.set_status(f"computing embeddings of {len(s)} slice(s) …")
+        self._start_task("embeddings", run, desc="SAM embeddings", total=len(s), on_done=self._embeddings_done)
+
+    def _embeddings_done(self, result, cancelled) -> None:
+        if isinstance(result, Failed) and not isinstance(result.error, Cancelled):
+            self.report(result.error)
+            return
+        s = self._session
+        n = sum(s.embeddings.is_computed(i) for i in range(len(s))) if s is not None else 0
+        self.set_status(f"embeddings {'cancelled' if cancelled else 'done'}: {n}/{len(s) if s else 0} slices encoded")
+
+    def wait(self, timeout_ms: int = 120000) -> None:
+        """Process Qt events until background work is done (scripts and tests)."""
+        from qtpy.QtCore import QCoreApplication, QElapsedTimer
+
+        t = QElapsedTimer()
+        t.start()
+        while self.busy and t.elapsed() < timeout_ms:
+            QCoreApplication.processEvents()
+            self._predictor.wait(10)
+        if self.busy:
+            raise TimeoutError(f"background work still running after {timeout_ms} ms")
+
+    def closeEvent(self, event) -> None:
+        self.cancel()
+        self._predictor.invalidate()
+        unbind_keys(self.viewer)
+        super().closeEvent(event)

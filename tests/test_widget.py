@@ -1,0 +1,188 @@
+"""GUI tests: the real dock widget in a real napari viewer (Xvfb), tiny random-weight models.
+
+Every mask the widget shows is compared with what the Session API gives for the same
+prompt, so these tests check the plumbing (coordinates, slices, ids, undo), not SAM's quality.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam_stack.testing import synthetic_nuclei
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def nuclei():
+    image, labels = synthetic_nuclei(shape=(6, 48, 64), n_nuclei=3, seed=1)
+    return image, labels
+
+
+@pytest.fixture
+def make_widget(make_napari_viewer):
+    from napari_sam_stack._widget import SamStackWidget
+
+    def make(image, model, **layer_kw):
+        viewer = make_napari_viewer()
+        layer = viewer.add_image(image, **layer_kw)
+        widget = SamStackWidget(viewer)
+        viewer.window.add_dock_widget(widget, area="right")
+        widget.image_layer = layer
+        widget.set_model(model)
+        return viewer, widget, layer
+
+    yield make
+
+
+def click(widget, coords, positive=True):
+    if not positive and widget._polarity != "negative" or positive and widget._polarity != "positive":
+        widget.toggle_polarity()
+    widget.points_layer.add(np.atleast_2d(coords))
+    widget.wait()
+
+
+def expected(widget, index, **prompt):
+    """What the Session API predicts for this prompt (the widget's best candidate)."""
+    pred = widget.session.predict(index, **prompt)
+    return pred.masks[int(np.argmax(pred.scores))], pred
+
+
+def test_manifest_and_sample_data():
+    import npe2
+
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest("napari-sam-stack")
+    manifest.validate_imports()
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Segment Anything (stack)"}
+    from napari_sam_stack._widget import make_sample_nuclei, make_sample_nuclei_real
+
+    (data, meta, kind), = make_sample_nuclei()
+    assert kind == "image" and data.dtype == np.uint16 and data.ndim == 3 and data.shape[0] >= 20
+    assert meta["scale"][0] > meta["scale"][1]
+    (real, _, _), = make_sample_nuclei_real()
+    assert real.shape == (31, 61, 57) and real.dtype == np.uint16
+
+
+def test_click_previews_that_slice_only(make_widget, sam2_model, nuclei):
+    viewer, widget, layer = make_widget(nuclei[0], sam2_model)
+    viewer.dims.set_current_step(0, 3)
+    before = widget.preview_layer.data.copy()
+    click(widget, [3, 20, 30])
+    want, pred = expected(widget, 3, points=[[20, 30]], point_labels=[1], multimask=True)
+    assert want.any() and not want.all(), "the tiny model must give a non-trivial mask for this test to mean something"
+    np.testing.assert_array_equal(widget.preview_layer.data[3] != 0, want)
+    others = [i for i in range(6) if i != 3]
+    np.testing.assert_array_equal(widget.preview_layer.data[others], before[others])
+    # the console sees the same prompt in the session the widget uses
+    p = widget.session.prompts[widget.obj_id][3]
+    np.testing.assert_allclose(p.points, [[30, 20]])  # SAM's (x, y)
+    assert len(pred.masks) == 3
+
+    # a negative click: one decoder call with both points, on that slice only
+    click(widget, [3, 40, 10], positive=False)
+    want2, _ = expected(widget, 3, points=[[20, 30], [40, 10]], point_labels=[1, 0])
+    np.testing.assert_array_equal(widget.preview_layer.data[3] != 0, want2)
+    assert list(widget.points_layer.features["label"]) == ["positive", "negative"]
+    colors = widget.points_layer.face_color
+    assert not np.allclose(colors[0], colors[1])
+
+    # deleting the last point brings back the single-click prediction
+    widget.points_layer.selected_data = {1}
+    widget.points_layer.remove_selected()
+    widget.wait()
+    np.testing.assert_array_equal(widget.preview_layer.data[3] != 0, want)
+
+
+def test_cycle_candidates(make_widget, sam2_model, nuclei):
+    viewer, widget, _ = make_widget(nuclei[0], sam2_model)
+    viewer.dims.set_current_step(0, 2)
+    click(widget, [2, 24, 32])
+    pred = widget.session.predict(2, points=[[24, 32]], point_labels=[1], multimask=True)
+    order = np.argsort(-pred.scores, kind="stable")
+    seen = []
+    for _ in range(3):
+        seen.append(widget.preview_layer.data[2] != 0)
+        widget.cycle_candidate()
+    for k, mask in zip(order, seen):
+        np.testing.assert_array_equal(mask, pred.masks[k])
+    assert "IoU" in widget.status_label.text()
+    # the chosen candidate is what propagation will start from
+    np.testing.assert_array_equal(widget.session.prompts[widget.obj_id][2].mask, seen[0])
+
+
+def test_box_prompt(make_widget, sam2_model, nuclei):
+    viewer, widget, _ = make_widget(nuclei[0], sam2_model)
+    viewer.dims.set_current_step(0, 4)
+    rect = np.array([[4, 10, 12], [4, 10, 40], [4, 30, 40], [4, 30, 12]], float)
+    widget.boxes_layer.add_rectangles(rect)
+    widget.wait()
+    want, _ = expected(widget, 4, box=[10, 12, 30, 40])
+    np.testing.assert_array_equal(widget.preview_layer.data[4] != 0, want)
+    assert not widget.preview_layer.data[[0, 1, 2, 3, 5]].any()
+    np.testing.assert_allclose(widget.session.prompts[widget.obj_id][4].box, [12, 10, 40, 30])
+
+
+def test_scaled_layer_uses_data_coordinates(make_widget, sam2_model, nuclei):
+    viewer, widget, layer = make_widget(nuclei[0], sam2_model, scale=(3.0, 0.5, 0.5), translate=(10, 5, 5))
+    assert tuple(widget.points_layer.scale) == (3.0, 0.5, 0.5)
+    viewer.dims.set_point(0, 10 + 3 * 2)  # world z of slice 2
+    assert widget.current_index() == 2
+    click(widget, [2, 20, 30])  # data coordinates of the points layer = image data coordinates
+    want, _ = expected(widget, 2, points=[[20, 30]], point_labels=[1])
+    np.testing.assert_array_equal(widget.preview_layer.data[2] != 0, want)
+    assert tuple(widget.preview_layer.scale) == (3.0, 0.5, 0.5)
+    assert tuple(widget.preview_layer.translate) == (10, 5, 5)
+
+
+def test_2d_image_and_sam1(make_widget, sam1_model, nuclei):
+    image = nuclei[0][3]
+    viewer, widget, _ = make_widget(image, sam1_model)
+    assert widget.session.shape == (1, 48, 64)
+    click(widget, [20, 30])
+    want, _ = expected(widget, 0, points=[[20, 30]], point_labels=[1])
+    np.testing.assert_array_equal(widget.preview_layer.data != 0, want)
+    # SAM 1 cannot propagate: a warning notification, no exception, nothing written
+    widget.propagate()
+    assert "SAM 2" in widget.status_label.text()
+    assert widget._task is None
+
+
+def test_rgb_layer_and_channel(make_widget, sam2_model, nuclei):
+    rgb = np.stack([nuclei[0], nuclei[0][::-1], np.zeros_like(nuclei[0])], -1)
+    rgb = (rgb / rgb.max() * 255).astype(np.uint8)
+    viewer, widget, layer = make_widget(rgb, sam2_model, rgb=True)
+    assert widget.session.shape == (6, 48, 64)
+    assert widget.preview_layer.data.shape == (6, 48, 64)
+    viewer.dims.set_current_step(0, 1)
+    click(widget, [1, 20, 30])
+    from napari_sam_stack import Session
+
+    ref = Session(rgb, sam2_model, axis=0, in_memory=True)
+    np.testing.assert_array_equal(ref.frames[1], rgb[1])
+    want = ref.predict(1, points=[[20, 30]], point_labels=[1])
+    np.testing.assert_array_equal(widget.preview_layer.data[1] != 0, want.masks[int(np.argmax(want.scores))])
+    widget.set_channel(1)  # green only: a new session on grey frames of channel 1
+    np.testing.assert_array_equal(widget.session.frames[2][..., 0], rgb[2, ..., 1])
+
+
+def test_4d_fixes_the_other_axis(make_widget, sam2_model, nuclei):
+    stack = np.stack([nuclei[0], nuclei[0][:, ::-1]])  # (T=2, Z=6, Y, X)
+    viewer, widget, layer = make_widget(stack, sam2_model)
+    viewer.dims.set_current_step(0, 1)
+    viewer.dims.set_current_step(1, 2)
+    widget.set_axis(1)  # walk z at t = 1
+    s = widget.session
+    assert s.shape == (6, 48, 64) and s.frames.fixed == {0: 1}
+    click(widget, [1, 2, 20, 30])
+    want, _ = expected(widget, 2, points=[[20, 30]], point_labels=[1])
+    np.testing.assert_array_equal(widget.preview_layer.data[1, 2] != 0, want)
+    assert not widget.preview_layer.data[0].any()
+    # commit lands at t = 1 only
+    widget.commit()
+    target = widget.target_layer
+    assert target.data.shape == stack.shape
+    np.testing.assert_array_equal(target.data[1, 2] == 1, want)
+    assert not target.data[0].any()
