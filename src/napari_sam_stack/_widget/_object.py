@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ModelFamilyError, PromptError
+from ..errors import Cancelled, ModelFamilyError, PromptError
 from ._layers import (
     NEGATIVE,
     POSITIVE,
@@ -213,10 +213,10 @@ class ObjectActions:
             task.pbar.refresh()
 
         def on_done(result, cancelled):
-            if isinstance(result, Failed):
-                self.report(result.error)
-            elif cancelled:
+            if cancelled or isinstance(result, Failed) and isinstance(result.error, Cancelled):
                 self.set_status(f"propagation cancelled after {len(reached)} slice(s): labels layer untouched")
+            elif isinstance(result, Failed):
+                self.report(result.error)
             else:
                 for i in set(range(start, stop + 1)) - reached:
                     write_preview(self.preview_layer, self._view, i, None)
