@@ -117,8 +117,12 @@ def _mask(mask, rows, cols):
         if not m.any():
             raise PromptError("mask prompt is empty (no pixel set)")
         return m, False
-    if m.shape in ((LOW_RES, LOW_RES), (1, LOW_RES, LOW_RES)) and np.issubdtype(m.dtype, np.floating):
-        m = m.reshape(LOW_RES, LOW_RES).astype(np.float32)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    # Low-res logits are square: 256x256 for the official models (image_size / 4 in general;
+    # predict checks the side against the model).
+    if m.ndim == 2 and m.shape[0] == m.shape[1] and np.issubdtype(m.dtype, np.floating):
+        m = m.astype(np.float32)
         if not np.isfinite(m).all():
             raise PromptError("mask logits contain NaN or infinite values")
         return m, True

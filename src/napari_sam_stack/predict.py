@@ -1,0 +1,275 @@
+"""2D prediction: a prompt on one slice -> masks, on a cached embedding (no encoder call).
+
+Reproduces ``SamPredictor.predict`` (SAM 1) and ``SAM2ImagePredictor.predict`` (SAM 2)
+from an :class:`~napari_sam_stack.embeddings.Embedding`: same coordinate scaling, same
+prompt encoding, same mask decoder, same upsampling of the logits to the slice. The work
+that does not depend on the prompt (SAM 2's feature preparation, positional encodings)
+is done once per slice and kept while the embedding lives.
+
+Binary mask prompts are turned into low-resolution logits the way SAM 2 turns a mask
+input into logits (``SAM2Base._use_mask_as_output``): the mask is placed on the encoder's
+input canvas like the image (SAM 1: longest side resized to the input size and padded
+with background; SAM 2: stretched to the square), downsampled to the decoder's mask
+size with antialiased bilinear interpolation, and mapped from [0, 1] to [-10, +10].
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .embeddings import Embedding
+from .errors import PromptError
+from .models import LoadedModel
+from .prompts import Prompt
+
+MASK_LOGIT_SCALE = 20.0
+MASK_LOGIT_BIAS = -10.0
+"""Binary mask prompt -> logits: ``mask * 20 - 10`` (SAM 2's ``sigmoid_scale/bias_for_mem_enc``)."""
+
+
+@dataclass
+class Prediction:
+    """Result of one 2D prediction.
+
+    ``masks``: (K, Y, X) bool at the slice's resolution; ``scores``: (K,) predicted IoU;
+    ``logits``: (K, M, M) float32 low-resolution logits (M = 256 for the official model
+    sizes), to pass back as ``mask=`` with the next click. With several candidates they
+    are sorted by score, best first.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def best(self) -> int:
+        """Index of the candidate with the highest predicted IoU."""
+        return int(np.argmax(self.scores))
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The best (Y, X) mask."""
+        return self.masks[self.best]
+
+    def select(self, i: int | None = None) -> Prediction:
+        """A one-candidate Prediction with candidate ``i`` (default: the best)."""
+        i = self.best if i is None else int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"candidate {i} out of range: this prediction has {len(self)}")
+        s = slice(i, i + 1) if i != -1 else slice(-1, None)
+        return Prediction(self.masks[s], self.scores[s], self.logits[s])
+
+
+def use_multimask(prompt: Prompt, multimask: bool | None) -> bool:
+    """SAM's advice when ``multimask`` is None: three candidates for one point alone."""
+    if multimask is not None:
+        return bool(multimask)
+    return prompt.n_points == 1 and prompt.box is None and prompt.mask is None
+
+
+def mask_input_side(model: LoadedModel) -> int:
+    """Side of the decoder's low-resolution mask logits (256 for the official models)."""
+    pe = model.module.prompt_encoder if model.family == "sam" else model.module.sam_prompt_encoder
+    return int(pe.mask_input_size[0])
+
+
+def predict(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask: bool | None = None) -> Prediction:
+    """Masks for ``prompt`` on the slice encoded in ``emb``: one decoder call, no encoder."""
+    multi = use_multimask(prompt, multimask)
+    full, scores, low = predict_logits(model, emb, prompt, multi)
+    order = np.argsort(-scores, kind="stable") if len(scores) > 1 else np.arange(len(scores))
+    masks = full[order] > _threshold(model)
+    return Prediction(np.ascontiguousarray(masks), scores[order], np.ascontiguousarray(low[order]))
+
+
+def predict_logits(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask: bool):
+    """Full-resolution logits (K, Y, X), scores (K,) and low-res logits (K, M, M), as numpy,
+    in the official predictors' candidate order."""
+    import torch
+
+    with torch.inference_mode():
+        if model.family == "sam":
+            full, scores, low = _predict_sam1(model, emb, prompt, multimask)
+        else:
+            full, scores, low = _predict_sam2(model, emb, prompt, multimask)
+    return (
+        full[0].float().cpu().numpy(),
+        scores[0].float().cpu().numpy(),
+        low[0].float().cpu().numpy(),
+    )
+
+
+def _threshold(model: LoadedModel) -> float:
+    return float(model.module.mask_threshold) if model.family == "sam" else 0.0
+
+
+# ---------------------------------------------------------------- SAM 1
+
+
+def _predict_sam1(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask: bool):
+    import torch
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    sam = model.module
+    dev = emb.features.device
+    tf = ResizeLongestSide(sam.image_encoder.img_size)
+    points = boxes = None
+    if prompt.points is not None:
+        coords = tf.apply_coords(prompt.points, emb.original_size)
+        points = (
+            torch.as_tensor(coords, dtype=torch.float, device=dev)[None],
+            torch.as_tensor(prompt.labels, dtype=torch.int, device=dev)[None],
+        )
+    if prompt.box is not None:
+        boxes = torch.as_tensor(tf.apply_boxes(prompt.box, emb.original_size), dtype=torch.float, device=dev)
+    masks = _mask_input(model, emb, prompt, dev)
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+    low, iou = sam.mask_decoder(
+        image_embeddings=emb.features,
+        image_pe=_dense_pe(model),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+    full = sam.postprocess_masks(low, emb.input_size, emb.original_size)
+    return full, iou, low
+
+
+# ---------------------------------------------------------------- SAM 2
+
+
+def _predict_sam2(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask: bool):
+    import torch
+    import torch.nn.functional as F
+
+    sam = model.module
+    feats = _sam2_features(model, emb)
+    dev = feats["image_embed"].device
+    h, w = emb.original_size
+    size = float(sam.image_size)
+    coords, labels = [], []
+    if prompt.box is not None:
+        coords.append(_sam2_coords(prompt.box.reshape(1, 2, 2), h, w, size, dev))
+        labels.append(torch.tensor([[2, 3]], dtype=torch.int, device=dev))
+    if prompt.points is not None:
+        coords.append(_sam2_coords(prompt.points[None], h, w, size, dev))
+        labels.append(torch.as_tensor(prompt.labels, dtype=torch.int, device=dev)[None])
+    points = (torch.cat(coords, dim=1), torch.cat(labels, dim=1)) if coords else None
+    masks = _mask_input(model, emb, prompt, dev)
+    sparse, dense = sam.sam_prompt_encoder(points=points, boxes=None, masks=masks)
+    low, iou, _, _ = sam.sam_mask_decoder(
+        image_embeddings=feats["image_embed"],
+        image_pe=_dense_pe(model),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+        repeat_image=False,
+        high_res_features=feats["high_res_feats"],
+    )
+    full = F.interpolate(low.float(), (h, w), mode="bilinear", align_corners=False)
+    return full, iou, torch.clamp(low, -32.0, 32.0)
+
+
+def _sam2_coords(xy: np.ndarray, h: int, w: int, size: float, dev):
+    """(x, y) pixels of the slice -> the model's input frame, as ``SAM2Transforms.transform_coords``."""
+    import torch
+
+    c = torch.as_tensor(xy, dtype=torch.float, device=dev).clone()
+    c[..., 0] = c[..., 0] / w
+    c[..., 1] = c[..., 1] / h
+    return c * size
+
+
+def _sam2_features(model: LoadedModel, emb: Embedding) -> dict[str, Any]:
+    """What ``SAM2ImagePredictor.set_image`` keeps: FPN features prepared for the decoder,
+    ``no_mem_embed`` added to the lowest resolution; sizes taken from the tensors."""
+    return _per_slice(emb, "sam2_features", lambda: _prepare_sam2(model, emb))
+
+
+def _prepare_sam2(model: LoadedModel, emb: Embedding) -> dict[str, Any]:
+    import torch
+
+    sam = model.module
+    with torch.inference_mode():
+        _, feats, _, sizes = sam._prepare_backbone_features(emb.backbone_out())
+        if sam.directly_add_no_mem_embed:
+            feats[-1] = feats[-1] + sam.no_mem_embed
+        maps = [f.permute(1, 2, 0).reshape(1, -1, *hw) for f, hw in zip(feats, sizes)]
+    return {"image_embed": maps[-1], "high_res_feats": maps[:-1]}
+
+
+# ---------------------------------------------------------------- shared
+
+
+def _dense_pe(model: LoadedModel):
+    """The decoder's positional encoding of the embedding grid (prompt-independent)."""
+    cache = model.extra.setdefault("_predict", {})
+    if "dense_pe" not in cache:
+        import torch
+
+        pe = model.module.prompt_encoder if model.family == "sam" else model.module.sam_prompt_encoder
+        with torch.inference_mode():
+            cache["dense_pe"] = pe.get_dense_pe()
+    return cache["dense_pe"]
+
+
+def _mask_input(model: LoadedModel, emb: Embedding, prompt: Prompt, dev):
+    """The prompt's mask as (1, 1, M, M) decoder logits, or None."""
+    import torch
+
+    if prompt.mask is None:
+        return None
+    side = mask_input_side(model)
+    if prompt.mask_is_logits:
+        if prompt.mask.shape != (side, side):
+            raise PromptError(
+                f"mask logits must be {side}x{side} for this model (Prediction.logits[i]), got {prompt.mask.shape}"
+            )
+        return torch.as_tensor(prompt.mask, dtype=torch.float, device=dev)[None, None]
+    return binary_mask_to_logits(model, prompt.mask, emb.input_size, dev)
+
+
+def binary_mask_to_logits(model: LoadedModel, mask: np.ndarray, input_size=None, device=None):
+    """A (Y, X) bool mask of the slice -> (1, 1, M, M) float32 logits in [-10, 10] (see module doc)."""
+    import torch
+    import torch.nn.functional as F
+
+    side = mask_input_side(model)
+    canvas = model.image_size
+    m = torch.as_tensor(np.asarray(mask, dtype=np.float32), device=device)[None, None]
+    if model.family == "sam":
+        if input_size is None:
+            from segment_anything.utils.transforms import ResizeLongestSide
+
+            input_size = ResizeLongestSide.get_preprocess_shape(*mask.shape, canvas)
+        m = F.interpolate(m, tuple(input_size), mode="bilinear", align_corners=False, antialias=True)
+        m = F.pad(m, (0, canvas - m.shape[-1], 0, canvas - m.shape[-2]))
+    else:
+        m = F.interpolate(m, (canvas, canvas), mode="bilinear", align_corners=False, antialias=True)
+    m = F.interpolate(m, (side, side), mode="bilinear", align_corners=False, antialias=True)
+    return m * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS
+
+
+_SLICE_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
+_SLICE_CACHE_MAX = 8
+
+
+def _per_slice(emb: Embedding, key: str, make):
+    """Prompt-independent data of one slice, kept while ``emb`` lives (a few slices at most)."""
+    entry = _SLICE_CACHE.get(id(emb))
+    if entry is None or entry[0]() is not emb:
+        while len(_SLICE_CACHE) >= _SLICE_CACHE_MAX:
+            _SLICE_CACHE.pop(next(iter(_SLICE_CACHE)))
+        entry = (weakref.ref(emb), {})
+        _SLICE_CACHE[id(emb)] = entry
+    data = entry[1]
+    if key not in data:
+        data[key] = make()
+    return data[key]
