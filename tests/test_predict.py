@@ -94,6 +94,8 @@ CASES = {
     "points +/-": dict(points=POINTS, point_labels=LABELS),
     "box": dict(box=BOX),
     "box + points": dict(box=BOX, points=POINTS[:2], point_labels=LABELS[:2]),
+    # enough tokens that the fast decoder projects the image instead of folding (H*T >= width)
+    "many points": dict(points=[[3 * i + 2, 5 * i + 4] for i in range(13)], point_labels=[i % 3 != 0 for i in range(13)]),
 }
 
 

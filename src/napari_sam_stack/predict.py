@@ -15,6 +15,7 @@ size with antialiased bilinear interpolation, and mapped from [0, 1] to [-10, +1
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,8 @@ def _predict_sam1(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
     import torch
     from segment_anything.utils.transforms import ResizeLongestSide
 
+    from . import _decoder
+
     sam = model.module
     dev = emb.features.device
     tf = ResizeLongestSide(sam.image_encoder.img_size)
@@ -131,13 +134,11 @@ def _predict_sam1(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
         boxes = torch.as_tensor(tf.apply_boxes(prompt.box, emb.original_size), dtype=torch.float, device=dev)
     masks = _mask_input(model, emb, prompt, dev)
     sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
-    low, iou = sam.mask_decoder(
-        image_embeddings=emb.features,
-        image_pe=_dense_pe(model),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-    )
+    st = _per_slice(emb, "decoder", lambda: _slice_state(model, emb.features, None))
+    if masks is not None:
+        st = _decoder.with_dense(sam.mask_decoder, st, emb.features, dense)
+    low, iou = _decoder.decode(sam.mask_decoder, st, sparse)
+    low, iou = (low[:, 1:], iou[:, 1:]) if multimask else (low[:, :1], iou[:, :1])
     full = sam.postprocess_masks(low, emb.input_size, emb.original_size)
     return full, iou, low
 
@@ -149,8 +150,10 @@ def _predict_sam2(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
     import torch
     import torch.nn.functional as F
 
+    from . import _decoder
+
     sam = model.module
-    feats = _sam2_features(model, emb)
+    feats = _per_slice(emb, "sam2_features", lambda: _prepare_sam2(model, emb))
     dev = feats["image_embed"].device
     h, w = emb.original_size
     size = float(sam.image_size)
@@ -164,15 +167,17 @@ def _predict_sam2(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
     points = (torch.cat(coords, dim=1), torch.cat(labels, dim=1)) if coords else None
     masks = _mask_input(model, emb, prompt, dev)
     sparse, dense = sam.sam_prompt_encoder(points=points, boxes=None, masks=masks)
-    low, iou, _, _ = sam.sam_mask_decoder(
-        image_embeddings=feats["image_embed"],
-        image_pe=_dense_pe(model),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-        repeat_image=False,
-        high_res_features=feats["high_res_feats"],
-    )
+    dec = sam.sam_mask_decoder
+    st = _per_slice(emb, "decoder", lambda: _slice_state(model, feats["image_embed"], feats["high_res_feats"]))
+    if masks is not None:
+        st = _decoder.with_dense(dec, st, feats["image_embed"], dense)
+    low, iou = _decoder.decode(dec, st, sparse)
+    if multimask:
+        low, iou = low[:, 1:], iou[:, 1:]
+    elif dec.dynamic_multimask_via_stability:
+        low, iou = dec._dynamic_multimask_via_stability(low, iou)
+    else:
+        low, iou = low[:, :1], iou[:, :1]
     full = F.interpolate(low.float(), (h, w), mode="bilinear", align_corners=False)
     return full, iou, torch.clamp(low, -32.0, 32.0)
 
@@ -187,13 +192,9 @@ def _sam2_coords(xy: np.ndarray, h: int, w: int, size: float, dev):
     return c * size
 
 
-def _sam2_features(model: LoadedModel, emb: Embedding) -> dict[str, Any]:
+def _prepare_sam2(model: LoadedModel, emb: Embedding) -> dict[str, Any]:
     """What ``SAM2ImagePredictor.set_image`` keeps: FPN features prepared for the decoder,
     ``no_mem_embed`` added to the lowest resolution; sizes taken from the tensors."""
-    return _per_slice(emb, "sam2_features", lambda: _prepare_sam2(model, emb))
-
-
-def _prepare_sam2(model: LoadedModel, emb: Embedding) -> dict[str, Any]:
     import torch
 
     sam = model.module
@@ -206,6 +207,21 @@ def _prepare_sam2(model: LoadedModel, emb: Embedding) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- shared
+
+
+def _slice_state(model: LoadedModel, image_embed, high_res):
+    """Prompt-independent decoder inputs of one slice (see :mod:`._decoder`)."""
+    import torch
+
+    from . import _decoder
+
+    sam = model.module
+    pe_mod, dec = (sam.prompt_encoder, sam.mask_decoder) if model.family == "sam" else (
+        sam.sam_prompt_encoder, sam.sam_mask_decoder)
+    with torch.inference_mode():
+        _, no_mask = pe_mod(points=None, boxes=None, masks=None)  # the dense "no mask" embedding
+        hr = high_res if getattr(dec, "use_high_res_features", False) else None
+        return _decoder.slice_state(dec, image_embed, no_mask, _dense_pe(model), hr)
 
 
 def _dense_pe(model: LoadedModel):
@@ -258,18 +274,22 @@ def binary_mask_to_logits(model: LoadedModel, mask: np.ndarray, input_size=None,
 
 
 _SLICE_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
-_SLICE_CACHE_MAX = 8
+_SLICE_CACHE_MAX = 4
+_SLICE_LOCK = threading.Lock()
 
 
 def _per_slice(emb: Embedding, key: str, make):
-    """Prompt-independent data of one slice, kept while ``emb`` lives (a few slices at most)."""
-    entry = _SLICE_CACHE.get(id(emb))
-    if entry is None or entry[0]() is not emb:
-        while len(_SLICE_CACHE) >= _SLICE_CACHE_MAX:
-            _SLICE_CACHE.pop(next(iter(_SLICE_CACHE)))
-        entry = (weakref.ref(emb), {})
-        _SLICE_CACHE[id(emb)] = entry
-    data = entry[1]
-    if key not in data:
-        data[key] = make()
-    return data[key]
+    """Prompt-independent data of one slice, kept while ``emb`` lives (the last few slices)."""
+    with _SLICE_LOCK:
+        entry = _SLICE_CACHE.get(id(emb))
+        if entry is None or entry[0]() is not emb:
+            while len(_SLICE_CACHE) >= _SLICE_CACHE_MAX:
+                _SLICE_CACHE.pop(next(iter(_SLICE_CACHE)))
+            entry = (weakref.ref(emb), {})
+            _SLICE_CACHE[id(emb)] = entry
+        data = entry[1]
+        value = data.get(key)
+    if value is None:
+        value = make()  # outside the lock: two threads may both compute it, both correct
+        data[key] = value
+    return value

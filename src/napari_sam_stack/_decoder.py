@@ -1,0 +1,176 @@
+"""A faster mask decoder for interactive clicks, equal to the official one at float tolerance.
+
+Same weights and the same function as ``MaskDecoder.predict_masks`` (SAM 1 and SAM 2),
+computed in another order, for one prompt set (batch 1) on CPU-friendly layouts:
+
+- Prompt-independent work is done once per slice (:func:`slice_state`): image embedding
+  + no-mask dense embedding, + positional encoding, and the first layer's image-side
+  projections (token->image keys/values, image->token queries).
+- With few tokens (T tokens, H heads, ``H * T`` < the attention's internal width) the
+  image-side projections of the other layers are folded into the token side:
+  ``softmax(q (x Wk' + bk)')`` only needs ``(q Wk) x'``; ``P (x Wv' + bv) = (P x) Wv' + bv``
+  because the rows of ``P`` sum to 1; the image->token queries and output projection
+  fold the same way. Image-sized products shrink from ``N x C x C/2`` to ``N x C x H*T``.
+- The stride-2 transposed convolutions of the upscaling are per-pixel matmuls in a
+  channels-last layout; masks are formed in that layout and reordered at the end
+  (K masks are moved, not 32 channels).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def slice_state(decoder, image_embed, dense, image_pe, high_res=None, *, precompute: bool = True) -> dict[str, Any]:
+    """The decoder's prompt-independent inputs for one slice.
+
+    ``image_embed``, ``dense``, ``image_pe``: (1, C, h, w); ``high_res``: SAM 2's
+    ``[feat_s0, feat_s1]`` or None. ``precompute=False`` skips the first layer's
+    projections (for a one-off dense input such as a mask prompt).
+    """
+    _, c, h, w = image_embed.shape
+    x = (image_embed + dense)[0].reshape(c, h * w).t().contiguous()
+    pe = image_pe[0].reshape(c, h * w).t().contiguous()
+    xk = x + pe
+    st: dict[str, Any] = {"x": x, "pe": pe, "xk": xk, "hw": (h, w), "k0": None, "v0": None, "q0": None}
+    if precompute:
+        layer = decoder.transformer.layers[0]
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        st["k0"] = F.linear(xk, t2i.k_proj.weight, t2i.k_proj.bias)
+        st["v0"] = F.linear(x, t2i.v_proj.weight, t2i.v_proj.bias)
+        st["q0"] = F.linear(xk, i2t.q_proj.weight, i2t.q_proj.bias)
+    if high_res is not None:
+        s0, s1 = high_res
+        c1, c0 = s1.shape[1], s0.shape[1]
+        # rows in the order the channels-last upscaling produces them (see _upscale_masks)
+        st["s1"] = s1[0].reshape(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(-1, c1)
+        st["s0"] = s0[0].reshape(c0, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(-1, c0)
+    return st
+
+
+def with_dense(decoder, st: dict[str, Any], image_embed, dense) -> dict[str, Any]:
+    """``st`` with another dense embedding (a mask prompt): positional and high-res parts reused."""
+    _, c, h, w = image_embed.shape
+    x = (image_embed + dense)[0].reshape(c, h * w).t().contiguous()
+    return {**st, "x": x, "xk": x + st["pe"], "k0": None, "v0": None, "q0": None}
+
+
+def decode(decoder, st: dict[str, Any], sparse) -> tuple[torch.Tensor, torch.Tensor]:
+    """All mask tokens' low-res logits (1, M, 4h, 4w) and IoU predictions (1, M), as
+    ``predict_masks`` returns them (before the multimask selection)."""
+    tr = decoder.transformer
+    s = 1 if getattr(decoder, "pred_obj_scores", False) else 0
+    parts = ([decoder.obj_score_token.weight] if s else []) + [decoder.iou_token.weight, decoder.mask_tokens.weight]
+    tokens = torch.cat([*parts, sparse[0].to(parts[0].dtype)], dim=0)[None]  # (1, T, C)
+    q, qpe = tokens, tokens
+    keys, xk = st["x"], st["xk"]
+    for i, layer in enumerate(tr.layers):
+        if layer.skip_first_layer_pe:
+            q = layer.self_attn(q=q, k=q, v=q)
+        else:
+            qq = q + qpe
+            q = q + layer.self_attn(q=qq, k=qq, v=q)
+        q = layer.norm1(q)
+        first = i == 0
+        a = _token_to_image(layer.cross_attn_token_to_image, (q + qpe)[0], xk, keys,
+                            st["k0"] if first else None, st["v0"] if first else None)
+        q = layer.norm2(q + a[None])
+        q = layer.norm3(q + layer.mlp(q))
+        a = _image_to_token(layer.cross_attn_image_to_token, xk, (q + qpe)[0], q[0], st["q0"] if first else None)
+        keys = layer.norm4(keys + a)
+        xk = keys + st["pe"]
+    a = _token_to_image(tr.final_attn_token_to_image, (q + qpe)[0], xk, keys)
+    q = tr.norm_final_attn(q + a[None])[0]
+    iou = decoder.iou_prediction_head(q[s : s + 1])
+    n = decoder.num_mask_tokens
+    hyper = torch.stack([mlp(q[s + 1 + j]) for j, mlp in enumerate(decoder.output_hypernetworks_mlps[:n])])
+    return _upscale_masks(decoder, st, keys, hyper)[None], iou
+
+
+def _heads(attn):
+    h = attn.num_heads
+    return h, attn.internal_dim // h
+
+
+def _token_to_image(attn, q_in, k_in, v_in, k=None, v=None):
+    """``attn(q=q_in, k=k_in, v=v_in)`` for T queries on N image positions (2D inputs)."""
+    H, d = _heads(attn)
+    T, N, C = q_in.shape[0], k_in.shape[0], k_in.shape[1]
+    q = F.linear(q_in, attn.q_proj.weight, attn.q_proj.bias).view(T, H, d).transpose(0, 1)  # (H, T, d)
+    fold = H * T < attn.internal_dim
+    if k is None and not fold:
+        k = F.linear(k_in, attn.k_proj.weight, attn.k_proj.bias)
+        v = F.linear(v_in, attn.v_proj.weight, attn.v_proj.bias)
+    if k is not None:
+        scores = torch.matmul(q, k.view(N, H, d).permute(1, 2, 0))  # (H, T, N)
+    else:
+        qw = torch.matmul(q, attn.k_proj.weight.view(H, d, C))  # (H, T, C)
+        scores = (qw.reshape(H * T, C) @ k_in.t()).view(H, T, N)
+        scores = scores + (q * attn.k_proj.bias.view(H, 1, d)).sum(-1, keepdim=True)
+    p = torch.softmax(scores * (1.0 / math.sqrt(d)), dim=-1)
+    if v is not None:
+        out = torch.matmul(p, v.view(N, H, d).transpose(0, 1))  # (H, T, d)
+    else:
+        px = (p.reshape(H * T, N) @ v_in).view(H, T, C)
+        out = torch.matmul(px, attn.v_proj.weight.view(H, d, C).transpose(1, 2)) + attn.v_proj.bias.view(H, 1, d)
+    return F.linear(out.transpose(0, 1).reshape(T, H * d), attn.out_proj.weight, attn.out_proj.bias)
+
+
+def _image_to_token(attn, q_in, k_in, v_in, q=None):
+    """``attn(q=q_in, k=k_in, v=v_in)`` for N image positions attending to T tokens (2D inputs)."""
+    H, d = _heads(attn)
+    N, C, T = q_in.shape[0], q_in.shape[1], k_in.shape[0]
+    k = F.linear(k_in, attn.k_proj.weight, attn.k_proj.bias).view(T, H, d).transpose(0, 1)  # (H, T, d)
+    v = F.linear(v_in, attn.v_proj.weight, attn.v_proj.bias).view(T, H, d).transpose(0, 1)
+    fold = H * T < attn.internal_dim
+    if q is None and not fold:
+        q = F.linear(q_in, attn.q_proj.weight, attn.q_proj.bias)
+    if q is not None:
+        scores = torch.matmul(q.view(N, H, d).transpose(0, 1), k.transpose(1, 2)).transpose(0, 1)  # (N, H, T)
+    else:
+        m = torch.matmul(attn.q_proj.weight.view(H, d, C).transpose(1, 2), k.transpose(1, 2))  # (H, C, T)
+        bias = (attn.q_proj.bias.view(H, 1, d) * k).sum(-1)  # (H, T)
+        scores = torch.addmm(bias.reshape(-1), q_in, m.permute(1, 0, 2).reshape(C, H * T)).view(N, H, T)
+    p = torch.softmax(scores * (1.0 / math.sqrt(d)), dim=-1)
+    if fold:
+        # out_proj folded into the values: (H*T, C), then one product with the N x H*T weights
+        vo = torch.matmul(v, attn.out_proj.weight.view(C, H, d).permute(1, 2, 0))  # (H, T, C)
+        return torch.addmm(attn.out_proj.bias, p.reshape(N, H * T), vo.reshape(H * T, C))
+    out = torch.matmul(p.transpose(0, 1), v)  # (H, N, d)
+    return F.linear(out.transpose(0, 1).reshape(N, H * d), attn.out_proj.weight, attn.out_proj.bias)
+
+
+def _upscale_weights(decoder):
+    """ConvTranspose2d(k=2, s=2) weights as (Cin, 4*Cout) matrices, columns ordered (i, j, cout)."""
+    cached = getattr(decoder, "_nss_upscale", None)
+    dc1, dc2 = decoder.output_upscaling[0], decoder.output_upscaling[3]
+    if cached is None or cached[0] is not dc1.weight or cached[1] is not dc2.weight:
+        mats = []
+        for dc in (dc1, dc2):
+            wgt = dc.weight.detach()
+            mats.append((wgt.permute(0, 2, 3, 1).reshape(wgt.shape[0], -1).contiguous(), dc.bias.detach().repeat(4)))
+        cached = (dc1.weight, dc2.weight, mats)
+        decoder._nss_upscale = cached
+    return cached[2]
+
+
+def _upscale_masks(decoder, st, keys, hyper):
+    """``hyper @ output_upscaling(keys)`` as (M, 4h, 4w)."""
+    h, w = st["hw"]
+    dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
+    (w1, b1), (w2, b2) = _upscale_weights(decoder)
+    c1, c2 = dc1.out_channels, dc2.out_channels
+    y = torch.addmm(b1, keys, w1).view(-1, c1)  # rows (y, x, i, j)
+    if "s1" in st:
+        y = y + st["s1"]
+    y = act1(F.layer_norm(y, (c1,), ln1.weight, ln1.bias, ln1.eps))
+    z = torch.addmm(b2, y, w2).view(-1, c2)  # rows (y, x, i, j, k, l)
+    if "s0" in st:
+        z = z + st["s0"]
+    z = act2(z)
+    m = (z @ hyper.t()).view(h, w, 2, 2, 2, 2, -1)
+    return m.permute(6, 0, 2, 4, 1, 3, 5).reshape(-1, 4 * h, 4 * w)
