@@ -19,6 +19,7 @@ TARGET_NAME = "SAM labels"
 
 POSITIVE, NEGATIVE = "positive", "negative"
 POINT_COLORS = {POSITIVE: "lime", NEGATIVE: "magenta"}
+PREVIEW_COLOR = "cyan"
 
 
 def _geometry(view: SliceView) -> dict:
@@ -59,12 +60,25 @@ def make_labels_layer(viewer, view: SliceView, name: str, dtype=np.uint32, **kw)
     return viewer.add_labels(np.zeros(view.label_shape, dtype), name=name, **_geometry(view), **kw)
 
 
-def fits(layer, view: SliceView) -> bool:
-    """Whether a prompt/labels layer has the view's shape (it can be reused)."""
+def make_preview_layer(viewer, view: SliceView):
+    """The current object's mask, one colour, see-through; not part of any undo history."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    cmap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: PREVIEW_COLOR})
+    return make_labels_layer(viewer, view, PREVIEW_NAME, np.uint8, opacity=0.5, colormap=cmap)
+
+
+def fits(layer, view: SliceView, geometry: bool = False) -> bool:
+    """Whether a layer has the view's labels shape (and, with ``geometry``, its scale and translate)."""
     if layer is None:
         return False
     shape = getattr(layer.data, "shape", None)
-    return layer.ndim == view.ndim and (shape is None or tuple(shape) == view.label_shape)
+    if layer.ndim != view.ndim or (shape is not None and tuple(shape) != view.label_shape):
+        return False
+    if geometry:
+        geo = _geometry(view)
+        return np.allclose(layer.scale, geo["scale"]) and np.allclose(layer.translate, geo["translate"])
+    return True
 
 
 # ---------------------------------------------------------------------- prompts

@@ -209,8 +209,7 @@ class ObjectActions:
             index, logits = item
             reached.add(index)
             write_preview(self.preview_layer, self._view, index, None if logits is None else np.asarray(logits) > 0)
-            task.pbar.n = len(reached)
-            task.pbar.refresh()
+            task.set_progress(len(reached))
 
         def on_done(result, cancelled):
             if cancelled or isinstance(result, Failed) and isinstance(result.error, Cancelled):
@@ -234,6 +233,12 @@ class ObjectActions:
         if target is None and create:
             target = make_labels_layer(self.viewer, self._view, TARGET_NAME, np.uint32)
             self.target_layer = target
+            layers = self.viewer.layers
+            for layer in (self.preview_layer, self.boxes_layer, self.points_layer):  # prompts stay on top
+                if layer in layers:
+                    layers.move(layers.index(layer), len(layers))
+            if self.points_layer in layers:  # keep clicking prompts, not painting labels
+                layers.selection.active = self.points_layer
         if target is not None and not fits(target, self._view):
             raise PromptError(
                 f"labels layer {target.name!r} has shape {tuple(target.data.shape)} but the image's labels need "

@@ -13,7 +13,7 @@ from ..models import available_models
 from ._compat import guard_llvm_clash
 from ._controls import LOCAL, Controls
 from ._keys import bind_keys, unbind_keys
-from ._layers import POSITIVE, fits, make_boxes_layer, make_labels_layer, make_points_layer, PREVIEW_NAME
+from ._layers import POSITIVE, fits, make_boxes_layer, make_points_layer, make_preview_layer, next_free_id
 from ._object import ObjectActions
 from ._report import UserError, notify, reported
 from ._view import SliceView, make_view, nonspatial_axes
@@ -126,8 +126,11 @@ class SamStackWidget(ObjectActions, Controls):
                 self.axis_combo.addItem("none (2D image)", None)
             labels = self.viewer.dims.axis_labels
             offset = self.viewer.dims.ndim - layer.ndim
+            shape = layer.data[0].shape if layer.multiscale else layer.data.shape
             for ax in axes:
-                self.axis_combo.addItem(f"{labels[ax + offset]} (axis {ax}, {layer.data.shape[ax] if not layer.multiscale else layer.data[0].shape[ax]})", ax)
+                name = str(labels[ax + offset])
+                named = "" if name.lstrip("-").isdigit() else f"{name}: "
+                self.axis_combo.addItem(f"{named}axis {ax} ({shape[ax]} slices)", ax)
             if axes:
                 self.axis_combo.setCurrentIndex(len(axes) - 1)
             if layer.rgb:
@@ -222,10 +225,14 @@ class SamStackWidget(ObjectActions, Controls):
         key = (view.key(), id(self.model))
         if self._session is None or key != self._session_key:
             self._predictor.invalidate()
+            new_image = self._view is None or self._view.layer is not view.layer
             self._session = Session(view.data, self.model, **view.session_kwargs())
             self._session_key, self._view = key, view
             self._reset_object_state()
             self._ensure_layers(view)
+            if new_image:
+                target = self.target_layer
+                self.obj_spin.setValue(next_free_id(target) if fits(target, view) else 1)
         return self._session
 
     @property
@@ -237,21 +244,26 @@ class SamStackWidget(ObjectActions, Controls):
         return self._view.index_at(self.viewer.dims.point)
 
     def _ensure_layers(self, view: SliceView) -> None:
+        """Prompt and preview layers matching the view; those made for another image are replaced."""
         layers = self.viewer.layers
         fresh = False
-        if self.points_layer not in layers or not fits(self.points_layer, view):
+        for name in ("points_layer", "boxes_layer", "preview_layer"):
+            old = getattr(self, name)
+            if old in layers and not fits(old, view, geometry=True):
+                layers.remove(old)
+        if self.points_layer not in layers:
             self.points_layer = make_points_layer(self.viewer, view)
             self.points_layer.events.data.connect(self._on_prompt_data)
             self.points_layer.events.features.connect(self._on_prompt_data)
             bind_keys(self, self.points_layer)
             fresh = True
-        if self.boxes_layer not in layers or not fits(self.boxes_layer, view):
+        if self.boxes_layer not in layers:
             self.boxes_layer = make_boxes_layer(self.viewer, view)
             self.boxes_layer.events.data.connect(self._on_prompt_data)
             bind_keys(self, self.boxes_layer)
             fresh = True
-        if self.preview_layer not in layers or not fits(self.preview_layer, view):
-            self.preview_layer = make_labels_layer(self.viewer, view, PREVIEW_NAME, np.uint8, opacity=0.6)
+        if self.preview_layer not in layers:
+            self.preview_layer = make_preview_layer(self.viewer, view)
             bind_keys(self, self.preview_layer)
         else:
             self.preview_layer.data[...] = 0

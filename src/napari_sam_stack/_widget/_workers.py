@@ -89,10 +89,14 @@ class Task:
         self.worker.quit()
 
     def _on_progress(self, done: int, total: int) -> None:
-        if self.pbar.total != total:
+        self.set_progress(done, total)
+
+    def set_progress(self, done: int, total: int | None = None) -> None:
+        """Move the progress bar (main thread)."""
+        if total is not None and self.pbar.total != total:
             self.pbar.total = total
-        self.pbar.n = done
-        self.pbar.refresh()
+        if done != self.pbar.n:
+            self.pbar.update(done - self.pbar.n)
 
     def _returned(self, result) -> None:
         self.result = result

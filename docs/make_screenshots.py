@@ -1,0 +1,117 @@
+"""Screenshots of the click -> preview -> propagate -> commit loop, for docs/usage.md.
+
+Drives the real viewer and widget on the real nuclei stack (stardist test image,
+BSD-3, shipped as the plugin's "Nuclei (real 3D)" sample). No pretrained weights
+exist on the build machines, so a random-weight tiny SAM 2 is used: the masks show
+the plumbing (which slices, which layers, which ids), not segmentation quality.
+
+    xvfb-run -a python docs/make_screenshots.py        # writes docs/images/*.png
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "images"
+
+
+def main() -> int:
+    # A fresh embeddings cache, so the precompute (and its progress bar) really runs.
+    os.environ["NAPARI_SAM_STACK_CACHE"] = tempfile.mkdtemp(prefix="sam-stack-cache-")
+    # Load the model before napari creates its GL context (see _widget/_compat.py).
+    from napari_sam_stack.testing import load_tiny_sam2
+
+    model = load_tiny_sam2(tempfile.mkdtemp(prefix="sam-stack-shots-"))
+
+    import napari
+    import tifffile
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sam_stack._widget._sample import DATA
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    gt = tifffile.imread(DATA / "mask3d.tif")
+    viewer = napari.Viewer(title="napari-sam-stack")
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.open_sample("napari-sam-stack", "nuclei_real")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-stack", "Segment Anything (stack)")
+    widget.set_model(model)
+    widget.model_label.setText("random-weight test model (tiny SAM 2): masks are not meaningful")
+
+    def settle():
+        widget.wait()
+        for _ in range(5):
+            QApplication.processEvents()
+
+    def shot(name):
+        settle()
+        viewer.screenshot(str(OUT / name), canvas_only=False, flash=False)
+        print("wrote", OUT / name)
+
+    # an object near the middle of the stack: click on it, plus a negative click beside it
+    z = 15
+    ids, counts = np.unique(gt[z][gt[z] > 0], return_counts=True)
+    obj = int(ids[np.argmax(counts)])
+    rr, cc = np.nonzero(gt[z] == obj)
+    viewer.dims.set_current_step(0, z)
+    viewer.camera.zoom *= 1.0
+    widget.points_layer.add([z, rr.mean(), cc.mean()])
+    settle()
+    widget.toggle_polarity()
+    widget.points_layer.add([z, min(gt.shape[1] - 1, rr.max() + 4), cc.mean()])
+    shot("01_click_preview.png")
+
+    # propagate through the stack, then look at another slice
+    widget.propagate()
+    settle()
+    viewer.dims.set_current_step(0, z + 3)
+    shot("02_propagated.png")
+
+    # commit: a labels layer with a new id; then a box prompt for the next object
+    widget.commit()
+    settle()
+    widget.toggle_polarity()
+    others = [i for i in ids if i != obj]
+    rr, cc = np.nonzero(gt[z] == int(others[0]))
+    viewer.dims.set_current_step(0, z)
+    rect = np.array([[z, rr.min() - 1, cc.min() - 1], [z, rr.min() - 1, cc.max() + 1],
+                     [z, rr.max() + 1, cc.max() + 1], [z, rr.max() + 1, cc.min() - 1]], float)
+    widget.boxes_layer.add_rectangles(rect)
+    shot("03_commit_and_box.png")
+
+    # refine an existing label: ground truth loaded as a labels layer, one nucleus as the current object
+    truth = viewer.add_labels(gt, name="ground truth (stardist)")
+    widget.target_layer = truth
+    truth.selected_label = int(others[1])
+    widget.edit_label()
+    truth.contour = 1  # outlines, so the loaded object (cyan preview) shows through
+    viewer.layers["SAM labels"].visible = False
+    viewer.layers.selection.active = widget.points_layer
+    shot("04_edit_existing_label.png")
+
+    # the embeddings precompute of a new stack: progress bar and Cancel while the viewer stays live
+    viewer.layers.clear()
+    viewer.open_sample("napari-sam-stack", "nuclei")
+    widget.image_layer = viewer.layers["nuclei (synthetic)"]
+    viewer.reset_view()
+    viewer.window._qt_window.statusBar()._toggle_activity_dock(True)
+    widget.compute_embeddings()
+    while not widget.session.embeddings.is_computed(5):
+        QApplication.processEvents()
+    for _ in range(50):
+        QApplication.processEvents()
+    viewer.screenshot(str(OUT / "05_embeddings_progress.png"), canvas_only=False, flash=False)
+    print("wrote", OUT / "05_embeddings_progress.png")
+    widget.cancel()
+    settle()
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
