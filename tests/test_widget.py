@@ -186,3 +186,42 @@ def test_4d_fixes_the_other_axis(make_widget, sam2_model, nuclei):
     assert target.data.shape == stack.shape
     np.testing.assert_array_equal(target.data[1, 2] == 1, want)
     assert not target.data[0].any()
+
+
+def test_fast_clicks_show_only_the_newest_result(make_widget, sam2_model, nuclei):
+    viewer, widget, _ = make_widget(nuclei[0], sam2_model)
+    viewer.dims.set_current_step(0, 1)
+    applied = []
+    original = widget._predictor._on_result
+    widget._predictor._on_result = lambda i, p: (applied.append(p), original(i, p))
+    widget.points_layer.add([1, 20, 30])
+    widget.points_layer.add([1, 30, 40])  # before the first answer reached the GUI thread
+    widget.wait()
+    want, pred = expected(widget, 1, points=[[20, 30], [30, 40]], point_labels=[1, 1])
+    assert len(applied) == 1  # the answer to the one-point prompt was stale and dropped
+    np.testing.assert_array_equal(applied[0].masks, pred.masks)
+    np.testing.assert_array_equal(widget.preview_layer.data[1] != 0, want)
+
+
+def test_moving_a_point_updates_the_preview(make_widget, sam2_model, nuclei):
+    viewer, widget, _ = make_widget(nuclei[0], sam2_model)
+    viewer.dims.set_current_step(0, 5)
+    click(widget, [5, 20, 30])
+    moved = np.array([[5, 35, 12]], float)
+    widget.points_layer.data = moved
+    widget.wait()
+    want, _ = expected(widget, 5, points=[[35, 12]], point_labels=[1])
+    np.testing.assert_array_equal(widget.preview_layer.data[5] != 0, want)
+    np.testing.assert_allclose(widget.session.prompts[widget.obj_id][5].points, [[12, 35]])
+
+
+def test_2d_rgb_layer(make_widget, sam2_model, nuclei):
+    rgb = np.stack([nuclei[0][2]] * 3, -1)
+    rgb = (rgb / rgb.max() * 255).astype(np.uint8)
+    viewer, widget, _ = make_widget(rgb, sam2_model, rgb=True)
+    assert widget.session.shape == (1, 48, 64) and widget.preview_layer.data.shape == (48, 64)
+    click(widget, [20, 30])
+    want, _ = expected(widget, 0, points=[[20, 30]], point_labels=[1])
+    np.testing.assert_array_equal(widget.preview_layer.data != 0, want)
+    widget.commit()
+    np.testing.assert_array_equal(widget.target_layer.data == 1, want)
