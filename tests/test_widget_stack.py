@@ -199,6 +199,19 @@ def test_errors_are_notifications(make_widget, sam2_model, stack, notes, monkeyp
     assert "nothing to commit" in notes[-1][1] and widget.target_layer is None
     widget.cycle_candidate()
     assert notes[-1][0] == "warning"
+    # an id the chosen labels layer cannot hold: refused before anything is written
+    small = viewer.add_labels(np.zeros(stack.shape, np.uint8), name="uint8 labels")
+    widget.target_layer = small
+    viewer.dims.set_current_step(0, 2)
+    widget.points_layer.add([2, 24, 30])
+    widget.wait()
+    assert widget.preview_layer.data[2].any()
+    widget.obj_spin.setValue(300)
+    widget.commit()
+    assert notes[-1][0] == "warning" and "does not fit" in notes[-1][1]
+    assert not small.data.any() and len(small._undo_history) == 0
+    assert widget.preview_layer.data[2].any()  # the object is still there to commit elsewhere
+    widget.clear_object()
     # weights that cannot be downloaded: the loader's message, no traceback, no model change
     spec = models.ModelSpec("offline-test", "sam2", "http://127.0.0.1:9/offline.pt", None,
                             config="configs/sam2.1/sam2.1_hiera_t.yaml")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._report import UserError
 from ._view import SliceView
 
 POINTS_NAME = "SAM points"
@@ -159,7 +160,7 @@ def commit_object(target, view: SliceView, obj: np.ndarray, obj_id: int, overwri
     """
     info = np.iinfo(target.data.dtype)
     if obj_id > info.max:
-        raise ValueError(
+        raise UserError(
             f"label id {obj_id} does not fit the {target.data.dtype} labels layer {target.name!r} (max {info.max}); "
             "choose a smaller id or a wider labels layer"
         )

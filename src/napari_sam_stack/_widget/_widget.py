@@ -6,8 +6,6 @@ background, then click. ``widget.session`` is the same object the console can sc
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import Cancelled
 from ..models import available_models
 from ._compat import guard_llvm_clash
