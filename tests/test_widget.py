@@ -225,3 +225,20 @@ def test_2d_rgb_layer(make_widget, sam2_model, nuclei):
     np.testing.assert_array_equal(widget.preview_layer.data != 0, want)
     widget.commit()
     np.testing.assert_array_equal(widget.target_layer.data == 1, want)
+
+
+def test_model_imports_after_the_viewer_opened_do_not_crash():
+    """napari first, models later (the plugin's normal order) must not segfault on Mesa OpenGL + Triton."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, napari\n"
+        "v = napari.Viewer(show=False); v.add_image(np.zeros((4, 8, 8)))\n"
+        "from napari_sam_stack._widget import SamStackWidget\n"
+        "w = SamStackWidget(v)\n"
+        "import torchvision.ops, segment_anything, sam2.build_sam\n"
+        "v.close(); print('imports ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "imports ok" in r.stdout, r.stderr[-3000:]

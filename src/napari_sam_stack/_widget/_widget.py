@@ -167,6 +167,7 @@ class SamStackWidget(ObjectActions, Controls):
         """Load the model chosen in the combo box, in the background."""
         from .. import models
 
+        guard_llvm_clash()
         name, device = self.model_combo.currentText(), self.device_combo.currentText()
         kw: dict = {"device": None if device == "auto" else device}
         if name == LOCAL:
@@ -217,6 +218,7 @@ class SamStackWidget(ObjectActions, Controls):
         """
         from ..session import Session
 
+        guard_llvm_clash()  # before any lazy torchvision/torch._dynamo import in a worker
         view = self.current_view()
         if self.model is None:
             raise UserError("no model: load one first (Model → Load model)")
