@@ -280,10 +280,11 @@ def test_progress_and_batches(sam2_model, stack_u8, tmp_path):
 def test_cancel_keeps_finished_slices(sam2_model, stack_u8, tmp_path):
     seen = []
     store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path)
-    done = store.compute(progress=lambda d, t: seen.append(d), cancel=lambda: len(seen) > 2)
-    assert done is False and store.computed() == [0, 1]
+    done = store.compute(progress=lambda d, t: seen.append(d), cancel=lambda: seen[-1] >= 2)
+    k = len(store.computed())
+    assert done is False and store.computed() == list(range(k)) and 2 <= k < 6 and seen[-1] == k
     resumed = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path)
-    assert resumed.compute() is True and resumed.encoded_slices == 4
+    assert resumed.compute() is True and resumed.encoded_slices == 6 - k
 
 
 def test_get_during_background_compute(sam2_model, stack_u8, tmp_path, monkeypatch):
@@ -294,29 +295,45 @@ def test_get_during_background_compute(sam2_model, stack_u8, tmp_path, monkeypat
     store.compute(indices=[0])
     release, entered = threading.Event(), threading.Event()
     batches = []
-    real_encode = emb_mod.encode
+    real_prepare = store._prepare
 
-    def slow_encode(model, fr, mode):
-        idx = [i for i in range(len(frames)) if any(np.array_equal(f, frames[i]) for f in fr)]
-        batches.append(idx)
-        if 2 in idx:  # the background batch blocks until the main thread has clicked around
+    def slow_prepare(batch):
+        batches.append(list(batch))
+        if 2 in batch:  # the background batch (claimed, in flight) blocks until the main thread has clicked around
             entered.set()
             assert release.wait(60)
-        return real_encode(model, fr, mode)
+        return real_prepare(batch)
 
-    monkeypatch.setattr(emb_mod, "encode", slow_encode)
+    monkeypatch.setattr(store, "_prepare", slow_prepare)
     worker = threading.Thread(target=store.compute, kwargs={"batch_size": 2})
     worker.start()
     assert entered.wait(60)
     assert store.get(0) is not None  # computed: no wait on the blocked batch
     e5 = store.get(5)  # uncomputed: encoded on demand while the batch is still running
-    assert worker.is_alive() and not store.is_computed(2)
+    assert worker.is_alive() and not store.is_computed(2) and [5] in batches
     release.set()
     worker.join(60)
-    assert sorted(i for b in batches for i in b) == [1, 2, 3, 4, 5] and [5] in batches
+    assert sorted(i for b in batches for i in b) == [1, 2, 3, 4, 5]
     assert store.encoded_slices == 1 + 5 and store.computed() == list(range(6))
     assert_sam2_equal(e5, official_sam2_video(sam2_model, frames[5], tmp_path))
     assert_sam2_equal(store.get(2), official_sam2_video(sam2_model, frames[2], tmp_path))
+
+
+def test_failed_batch_releases_its_slices(sam2_model, stack_u8, tmp_path, monkeypatch):
+    store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path)
+    real_prepare = store._prepare
+
+    def failing(batch):
+        if 3 in batch:
+            raise OSError("unreadable slice")
+        return real_prepare(batch)
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "_prepare", failing)
+        with pytest.raises(OSError, match="unreadable"):
+            store.compute(batch_size=2)
+    assert store._inflight == {} and store.computed() == [0, 1]
+    store.get(3)  # not stuck waiting on a dead claim
 
 
 # ---------------------------------------------------------------- kill -9 and resume

@@ -1,16 +1,9 @@
 """Per-slice image-encoder outputs, computed once and cached on disk.
 
-SAM 1: the ``features`` tensor ``SamPredictor.set_image`` holds. SAM 2: the raw
-``forward_image`` output (FPN levels after conv_s0/s1, positional encodings),
-which serves both the 2D predictor and the video (propagation) path.
-
-Preprocessing follows the official code exactly for uint8 frames:
-- SAM 1: ``ResizeLongestSide`` + ``Sam.preprocess`` (normalise, pad to 1024).
-- SAM 2 ``"video"``: PIL resize of the uint8 frame to a square, /255, ImageNet
-  mean/std, as ``SAM2VideoPredictor`` loads frames. Used for stacks, so the preview
-  of a click equals what propagation sees.
-- SAM 2 ``"image"``: ``SAM2Transforms`` (tensor resize) as ``SAM2ImagePredictor.set_image``.
-  Used for single 2D images.
+:class:`Embedding`, :func:`preprocess` and :func:`encode` (in :mod:`._encoder`) run the
+encoder exactly as the official predictors do: SAM 1's ``SamPredictor.set_image``
+features, SAM 2's raw ``forward_image`` output ("video" preprocessing as
+``SAM2VideoPredictor`` loads frames, "image" as ``SAM2ImagePredictor.set_image``).
 
 :class:`EmbeddingStore` keeps them in a zarr cache (see :mod:`._cache`) keyed by the
 image content, model, preprocessing and package version; :func:`cache_info` and
@@ -21,95 +14,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from ._cache import FORMAT, CorruptCacheWarning, SliceCache, cache_info, clear_cache, default_root
+from ._encoder import Embedding, _forward, encode, preprocess
 from .models import LoadedModel
 
 __all__ = ["Embedding", "EmbeddingStore", "preprocess", "encode", "cache_info", "clear_cache", "CorruptCacheWarning"]
-
-
-@dataclass
-class Embedding:
-    """Encoder output of one slice, on the model's device.
-
-    ``original_size`` is the slice's (rows, cols). SAM 1 sets ``features`` and
-    ``input_size`` (the resized, unpadded size); SAM 2 sets ``backbone_fpn`` and
-    ``vision_pos_enc`` (lists of (1, C, H, W) tensors, as ``forward_image`` returns).
-    """
-
-    original_size: tuple[int, int]
-    features: Any = None
-    input_size: tuple[int, int] | None = None
-    backbone_fpn: list = field(default_factory=list)
-    vision_pos_enc: list = field(default_factory=list)
-
-    def backbone_out(self) -> dict[str, Any]:
-        """The dict ``SAM2Base.forward_image`` returns (fresh lists, shared tensors)."""
-        return {
-            "vision_features": self.backbone_fpn[-1],
-            "vision_pos_enc": list(self.vision_pos_enc),
-            "backbone_fpn": list(self.backbone_fpn),
-        }
-
-
-def preprocess(model: LoadedModel, frames: list[np.ndarray], sam2_resize: str = "video"):
-    """uint8 (Y, X, 3) frames of one size -> the encoder's input batch (B, 3, S, S) and input size."""
-    import torch
-
-    if model.family == "sam":
-        from segment_anything.utils.transforms import ResizeLongestSide
-
-        resize = ResizeLongestSide(model.image_size)
-        batch = []
-        for f in frames:
-            t = torch.as_tensor(resize.apply_image(f), device=model.device).permute(2, 0, 1).contiguous()
-            batch.append(t)
-        input_size = tuple(batch[0].shape[-2:])
-        x = model.module.preprocess(torch.stack(batch).float())
-        return x, input_size
-    size = model.image_size
-    if sam2_resize == "video":
-        from PIL import Image
-
-        mean = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)[:, None, None]
-        std = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
-        batch = []
-        for f in frames:
-            arr = np.array(Image.fromarray(f).convert("RGB").resize((size, size))) / 255.0
-            t = torch.from_numpy(arr).permute(2, 0, 1).float()
-            batch.append((t - mean) / std)
-        return torch.stack(batch).to(model.device), (size, size)
-    if sam2_resize == "image":
-        from sam2.utils.transforms import SAM2Transforms
-
-        tf = SAM2Transforms(resolution=size, mask_threshold=0.0)
-        return tf.forward_batch(list(frames)).to(model.device), (size, size)
-    raise ValueError(f"sam2_resize must be 'video' or 'image', not {sam2_resize!r}")
-
-
-def encode(model: LoadedModel, frames: list[np.ndarray], sam2_resize: str = "video") -> list[Embedding]:
-    """Run the image encoder on a batch of same-sized uint8 frames; one :class:`Embedding` each."""
-    import torch
-
-    original = tuple(frames[0].shape[:2])
-    x, input_size = preprocess(model, frames, sam2_resize)
-    with torch.inference_mode():
-        if model.family == "sam":
-            feats = model.module.image_encoder(x)
-            return [Embedding(original, features=feats[i : i + 1], input_size=input_size) for i in range(len(frames))]
-        out = model.module.forward_image(x)
-    return [
-        Embedding(
-            original,
-            backbone_fpn=[f[i : i + 1] for f in out["backbone_fpn"]],
-            vision_pos_enc=[p[i : i + 1] for p in out["vision_pos_enc"]],
-        )
-        for i in range(len(frames))
-    ]
 
 
 class EmbeddingStore:
@@ -267,48 +179,107 @@ class EmbeddingStore:
     def compute(self, indices=None, progress=None, cancel=None, batch_size: int = 1) -> bool:
         """Encode the slices not cached yet (all, or ``indices``), ``batch_size`` per encoder call.
 
-        ``progress(done, total)`` is called at the start and after every batch;
-        ``cancel()`` is checked before every batch: returning True stops, keeping what
-        finished (the call then returns False; True when everything is computed).
+        Pipelined: the next batch is read and preprocessed, and the previous one written
+        to the cache, while the encoder runs. ``progress(done, total)`` is called at the
+        start and as batches are stored; ``cancel()`` is checked before every batch:
+        returning True stops, keeping what finished (the call then returns False; True
+        when everything asked for is computed).
         """
+        from concurrent.futures import ThreadPoolExecutor, wait
+
         idx = range(self._n) if indices is None else [self._check(i) for i in indices]
         with self._lock:
             pending = deque(i for i in dict.fromkeys(idx) if not self._is_done(i))
-        total, done = len(pending), 0
+        total, size = len(pending), max(1, int(batch_size))
+        done, waits = [0], []
+
+        def report(k: int) -> None:
+            done[0] += k
+            if progress is not None and k:
+                progress(done[0], total)
+
+        def take() -> list[int]:
+            """Claim the next batch. Slices being encoded by another thread (a click) are
+            awaited only once nothing else is left."""
+            while True:
+                batch, skipped = [], 0
+                with self._lock:
+                    while pending and len(batch) < size:
+                        i = pending.popleft()
+                        if self._is_done(i):
+                            skipped += 1
+                        elif i in self._inflight:
+                            waits.append((i, self._inflight[i]))
+                        elif self._claim(i):
+                            batch.append(i)
+                report(skipped)
+                if batch or not waits:
+                    return batch
+                for i, event in waits:
+                    event.wait()
+                    pending.append(i)  # counted as done by the next round when it finished
+                waits.clear()
+
         if progress is not None:
             progress(0, total)
-        while pending:
-            if cancel is not None and cancel():
-                return False
-            batch, waits = [], []
-            with self._lock:
-                while pending and len(batch) < max(1, int(batch_size)):
-                    i = pending.popleft()
-                    if self._is_done(i):
-                        done += 1
-                    elif i in self._inflight:
-                        waits.append((i, self._inflight[i]))
-                    elif self._claim(i):
-                        batch.append(i)
-            if batch:
-                self._run(batch, keep=self.in_memory)
-                done += len(batch)
-            for i, event in waits:  # encoded on demand by another thread meanwhile
-                event.wait()
-                if self.is_computed(i):
-                    done += 1
-                else:
-                    pending.append(i)
-            if progress is not None:
-                progress(done, total)
-        return True
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="napari-sam-stack-embeddings")
+        current = ahead = writing = None
+
+        def start():
+            batch = take()
+            return (batch, pool.submit(self._prepare, batch)) if batch else None
+
+        try:
+            ahead = start()
+            while ahead is not None:
+                (current, prepared), ahead = ahead, None
+                if cancel is not None and cancel():
+                    if writing is not None:
+                        writing[1].result()
+                        report(len(writing[0]))
+                        writing = None
+                    return False
+                x, input_size = prepared.result()
+                ahead = start()  # read + preprocess the next batch while this one encodes
+                embs = self._encode(x, input_size)
+                if writing is not None:
+                    writing[1].result()
+                    report(len(writing[0]))
+                writing, current = (current, pool.submit(self._store, current, embs, self.in_memory)), None
+            if writing is not None:
+                writing[1].result()
+                report(len(writing[0]))
+                writing = None
+            return True
+        finally:
+            pending_futures = [f for f in (ahead and ahead[1], writing and writing[1]) if f is not None]
+            wait(pending_futures)
+            pool.shutdown(wait=True)
+            self._release(current or [])
+            self._release(ahead[0] if ahead else [])
 
     def _run(self, batch: list[int], keep: bool) -> None:
-        """Encode claimed slices, write them to the cache, release them."""
+        """Encode claimed slices now (in this thread), write them to the cache, release them."""
         try:
-            embs = encode(self.model, [self.frames[i] for i in batch], self.sam2_resize)
+            embs = self._encode(*self._prepare(batch))
+        except BaseException:
+            self._release(batch)
+            raise
+        self._store(batch, embs, keep)
+
+    def _prepare(self, batch: list[int]):
+        return preprocess(self.model, [self.frames[i] for i in batch], self.sam2_resize)
+
+    def _encode(self, x, input_size) -> list[Embedding]:
+        embs = _forward(self.model, x, self._original_size, input_size)
+        with self._lock:
             self.encoder_calls += 1
-            self.encoded_slices += len(batch)
+            self.encoded_slices += len(embs)
+        return embs
+
+    def _store(self, batch: list[int], embs: list[Embedding], keep: bool) -> None:
+        """Write encoded slices to the cache (data, then done markers); keep them in memory if asked."""
+        try:
             if self.model.family == "sam2":
                 with self._lock:
                     if self._pos is None:
@@ -329,9 +300,14 @@ class EmbeddingStore:
                     for i, e in zip(batch, embs):
                         self._remember(i, e)
         finally:
-            with self._lock:
-                for i in batch:
-                    self._inflight.pop(i).set()
+            self._release(batch)
+
+    def _release(self, batch: list[int]) -> None:
+        with self._lock:
+            for i in batch:
+                event = self._inflight.pop(i, None)
+                if event is not None:
+                    event.set()
 
     # ------------------------------------------------------------------ disk layout
     def _create(self, emb: Embedding, arrays: dict[str, np.ndarray]) -> None:

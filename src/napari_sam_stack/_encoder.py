@@ -1,0 +1,112 @@
+"""The image encoder of SAM 1 / SAM 2 on uint8 frames, preprocessed exactly as the official code.
+
+SAM 1: the ``features`` tensor ``SamPredictor.set_image`` holds. SAM 2: the raw
+``forward_image`` output (FPN levels after conv_s0/s1, positional encodings),
+which serves both the 2D predictor and the video (propagation) path.
+
+- SAM 1: ``ResizeLongestSide`` + ``Sam.preprocess`` (normalise, pad to 1024).
+- SAM 2 ``"video"``: PIL resize of the uint8 frame to a square, /255, ImageNet
+  mean/std, as ``SAM2VideoPredictor`` loads frames. Used for stacks, so the preview
+  of a click equals what propagation sees.
+- SAM 2 ``"image"``: ``SAM2Transforms`` (tensor resize) as ``SAM2ImagePredictor.set_image``.
+  Used for single 2D images.
+
+Import these from :mod:`napari_sam_stack.embeddings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .models import LoadedModel
+
+
+@dataclass
+class Embedding:
+    """Encoder output of one slice, on the model's device.
+
+    ``original_size`` is the slice's (rows, cols). SAM 1 sets ``features`` and
+    ``input_size`` (the resized, unpadded size); SAM 2 sets ``backbone_fpn`` and
+    ``vision_pos_enc`` (lists of (1, C, H, W) tensors, as ``forward_image`` returns).
+    """
+
+    original_size: tuple[int, int]
+    features: Any = None
+    input_size: tuple[int, int] | None = None
+    backbone_fpn: list = field(default_factory=list)
+    vision_pos_enc: list = field(default_factory=list)
+
+    def backbone_out(self) -> dict[str, Any]:
+        """The dict ``SAM2Base.forward_image`` returns (fresh lists, shared tensors)."""
+        return {
+            "vision_features": self.backbone_fpn[-1],
+            "vision_pos_enc": list(self.vision_pos_enc),
+            "backbone_fpn": list(self.backbone_fpn),
+        }
+
+
+# uint8 -> [0, 1] exactly as sam2's frame loader: float64 division, then float32 (a lookup table: fast).
+_UNIT8 = (np.arange(256) / 255.0).astype(np.float32)
+
+
+def preprocess(model: LoadedModel, frames: list[np.ndarray], sam2_resize: str = "video"):
+    """uint8 (Y, X, 3) frames of one size -> the encoder's input batch (B, 3, S, S) and input size."""
+    import torch
+
+    if model.family == "sam":
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        resize = ResizeLongestSide(model.image_size)
+        batch = []
+        for f in frames:
+            t = torch.as_tensor(resize.apply_image(f), device=model.device).permute(2, 0, 1).contiguous()
+            batch.append(t)
+        input_size = tuple(batch[0].shape[-2:])
+        x = model.module.preprocess(torch.stack(batch).float())
+        return x, input_size
+    size = model.image_size
+    if sam2_resize == "video":
+        from PIL import Image
+
+        mean = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)[:, None, None]
+        std = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
+        batch = []
+        for f in frames:
+            arr = np.array(Image.fromarray(f).convert("RGB").resize((size, size)))
+            t = torch.from_numpy(_UNIT8[arr]).permute(2, 0, 1)
+            batch.append((t - mean) / std)
+        return torch.stack(batch).to(model.device), (size, size)
+    if sam2_resize == "image":
+        from sam2.utils.transforms import SAM2Transforms
+
+        tf = SAM2Transforms(resolution=size, mask_threshold=0.0)
+        return tf.forward_batch(list(frames)).to(model.device), (size, size)
+    raise ValueError(f"sam2_resize must be 'video' or 'image', not {sam2_resize!r}")
+
+
+def encode(model: LoadedModel, frames: list[np.ndarray], sam2_resize: str = "video") -> list[Embedding]:
+    """Run the image encoder on a batch of same-sized uint8 frames; one :class:`Embedding` each."""
+    x, input_size = preprocess(model, frames, sam2_resize)
+    return _forward(model, x, tuple(frames[0].shape[:2]), input_size)
+
+
+def _forward(model: LoadedModel, x, original: tuple[int, int], input_size) -> list[Embedding]:
+    """The encoder on a preprocessed batch."""
+    import torch
+
+    with torch.inference_mode():
+        if model.family == "sam":
+            feats = model.module.image_encoder(x)
+            return [Embedding(original, features=feats[i : i + 1], input_size=input_size) for i in range(len(x))]
+        out = model.module.forward_image(x)
+    return [
+        Embedding(
+            original,
+            backbone_fpn=[f[i : i + 1] for f in out["backbone_fpn"]],
+            vision_pos_enc=[p[i : i + 1] for p in out["vision_pos_enc"]],
+        )
+        for i in range(len(x))
+    ]
