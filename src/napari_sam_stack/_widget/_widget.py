@@ -17,6 +17,8 @@ from ._report import UserError, notify, reported
 from ._view import SliceView, make_view, nonspatial_axes
 from ._workers import Failed, LatestOnly, Task
 
+DEFAULT_MODEL = "sam2.1_hiera_tiny"
+
 
 class SamStackWidget(ObjectActions, Controls):
     """Segment Anything on stacks: click, preview, propagate, commit."""
@@ -39,6 +41,7 @@ class SamStackWidget(ObjectActions, Controls):
         self._label_layers: list = []
 
         self.model_combo.addItems([*available_models(), LOCAL])
+        self.model_combo.setCurrentText(DEFAULT_MODEL)  # SAM 2: it can propagate
         self.model_combo.currentTextChanged.connect(lambda t: self.show_local_fields(t == LOCAL))
         self.show_local_fields(False)
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
@@ -195,6 +198,8 @@ class SamStackWidget(ObjectActions, Controls):
     def set_model(self, model) -> None:
         """Use an already-loaded :class:`~napari_sam_stack.LoadedModel` (console, tests)."""
         self.model = model
+        if model.name in available_models():
+            self.model_combo.setCurrentText(model.name)
         self.model_label.setText(f"{model.name} ({'SAM 2' if model.family == 'sam2' else 'SAM 1'}, {model.device})")
         self.set_status("model ready: click on the object (Points layer 'SAM points')")
         if self.image_layer is not None:
