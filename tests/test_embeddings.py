@@ -336,6 +336,17 @@ def test_failed_batch_releases_its_slices(sam2_model, stack_u8, tmp_path, monkey
     store.get(3)  # not stuck waiting on a dead claim
 
 
+def test_unwritable_cache_falls_back_to_memory(sam2_model, stack_u8, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=blocker)
+    with pytest.warns(RuntimeWarning, match="cannot write the embeddings cache"):
+        store.compute(batch_size=4)
+    assert store.in_memory and store.path is None and store.computed() == list(range(6))
+    assert_sam2_equal(store.get(5), official_sam2_video(sam2_model, Frames(stack_u8, 0)[5], tmp_path))
+    assert store.encoded_slices == 6
+
+
 # ---------------------------------------------------------------- kill -9 and resume
 
 KILL_SHAPE = (16, 40, 52)
