@@ -286,3 +286,17 @@ def test_keys_are_bound_on_viewer_and_prompt_layers(make_widget, sam2_model, sta
     widget.wait()
     qtbot.keyClick(canvas, Qt.Key.Key_X, Qt.KeyboardModifier.ShiftModifier)  # clear the object
     assert len(widget.points_layer.data) == 0 and not widget.preview_layer.data.any()
+
+
+def test_cancelled_model_load_keeps_the_current_model(make_widget, sam2_model, sam1_file, stack):
+    from napari_sam_stack._widget._controls import LOCAL
+
+    viewer, widget, _ = make_widget(stack, sam2_model)
+    widget.model_combo.setCurrentText(LOCAL)
+    widget.ckpt_edit.setText(str(sam1_file))
+    widget.config_edit.setText("auto")
+    widget.load_model()
+    widget.cancel()
+    widget.wait()
+    assert widget.model is sam2_model
+    assert "cancelled" in widget.status_label.text()

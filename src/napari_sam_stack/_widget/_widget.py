@@ -188,9 +188,10 @@ class SamStackWidget(ObjectActions, Controls):
         self._start_task("model", lambda task: models.load_model(**kw), desc=f"Loading {name}", on_done=self._model_loaded)
 
     def _model_loaded(self, result, cancelled=False) -> None:
-        if isinstance(result, Failed):
+        if cancelled:
+            self.set_status("model loading cancelled" + (f"; still using {self.model.name}" if self.model else ""))
+        elif isinstance(result, Failed):
             self.report(result.error)
-            self.set_status("no model loaded")
         else:
             self.set_model(result)
 
