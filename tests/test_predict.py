@@ -253,3 +253,14 @@ def test_bad_index(model, single, index):
     s, _ = single
     with pytest.raises(PromptError, match="slice index"):
         s.predict(index, points=[[1, 2]])
+
+
+@pytest.mark.parametrize("shape", [(2100, 30), (13, 700)])
+def test_elongated_slices_equal_official(model, shape):
+    """Very long slices (official interpolation above 2048 px) and short wide ones (matmul upsampling)."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, shape, dtype=np.uint8)
+    s = Session(img, model, axis=None)
+    pred = _official(model, _rgb(img))
+    rows, cols = shape
+    _check(model, s, 0, pred, dict(points=[[rows // 3, cols // 2], [rows - 2, 1]], point_labels=[1, 0]), True)

@@ -47,8 +47,10 @@ def slice_state(decoder, image_embed, dense, image_pe, high_res=None, *, precomp
         s0, s1 = high_res
         c1, c0 = s1.shape[1], s0.shape[1]
         # rows in the order the channels-last upscaling produces them (see _upscale_masks)
-        st["s1"] = s1[0].reshape(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(-1, c1)
-        st["s0"] = s0[0].reshape(c0, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(-1, c0)
+        (_, b1), (_, b2) = _upscale_weights(decoder)
+        s1 = s1[0].reshape(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(h * w, 4 * c1)
+        s0 = s0[0].reshape(c0, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(h * w * 4, 4 * c0)
+        st["s1b"], st["s0b"] = s1 + b1, s0 + b2
     return st
 
 
@@ -80,8 +82,8 @@ def decode(decoder, st: dict[str, Any], sparse) -> tuple[torch.Tensor, torch.Ten
                             st["k0"] if first else None, st["v0"] if first else None)
         q = layer.norm2(q + a[None])
         q = layer.norm3(q + layer.mlp(q))
-        a = _image_to_token(layer.cross_attn_image_to_token, xk, (q + qpe)[0], q[0], st["q0"] if first else None)
-        keys = layer.norm4(keys + a)
+        keys = _image_to_token(layer.cross_attn_image_to_token, keys, xk, (q + qpe)[0], q[0], st["q0"] if first else None)
+        keys = layer.norm4(keys)
         xk = keys + st["pe"]
     a = _token_to_image(tr.final_attn_token_to_image, (q + qpe)[0], xk, keys)
     q = tr.norm_final_attn(q + a[None])[0]
@@ -101,6 +103,7 @@ def _token_to_image(attn, q_in, k_in, v_in, k=None, v=None):
     H, d = _heads(attn)
     T, N, C = q_in.shape[0], k_in.shape[0], k_in.shape[1]
     q = F.linear(q_in, attn.q_proj.weight, attn.q_proj.bias).view(T, H, d).transpose(0, 1)  # (H, T, d)
+    q = q * (1.0 / math.sqrt(d))
     fold = H * T < attn.internal_dim
     if k is None and not fold:
         k = F.linear(k_in, attn.k_proj.weight, attn.k_proj.bias)
@@ -108,40 +111,44 @@ def _token_to_image(attn, q_in, k_in, v_in, k=None, v=None):
     if k is not None:
         scores = torch.matmul(q, k.view(N, H, d).permute(1, 2, 0))  # (H, T, N)
     else:
-        qw = torch.matmul(q, attn.k_proj.weight.view(H, d, C))  # (H, T, C)
-        scores = (qw.reshape(H * T, C) @ k_in.t()).view(H, T, N)
-        scores = scores + (q * attn.k_proj.bias.view(H, 1, d)).sum(-1, keepdim=True)
-    p = torch.softmax(scores * (1.0 / math.sqrt(d)), dim=-1)
+        qw = torch.matmul(q, attn.k_proj.weight.view(H, d, C)).reshape(H * T, C)
+        qb = (q * attn.k_proj.bias.view(H, 1, d)).sum(-1).reshape(H * T, 1)
+        scores = torch.addmm(qb, qw, k_in.t()).view(H, T, N)
+    p = torch.softmax(scores, dim=-1)
     if v is not None:
         out = torch.matmul(p, v.view(N, H, d).transpose(0, 1))  # (H, T, d)
     else:
         px = (p.reshape(H * T, N) @ v_in).view(H, T, C)
-        out = torch.matmul(px, attn.v_proj.weight.view(H, d, C).transpose(1, 2)) + attn.v_proj.bias.view(H, 1, d)
+        out = torch.baddbmm(attn.v_proj.bias.view(H, 1, d), px, attn.v_proj.weight.view(H, d, C).transpose(1, 2))
     return F.linear(out.transpose(0, 1).reshape(T, H * d), attn.out_proj.weight, attn.out_proj.bias)
 
 
-def _image_to_token(attn, q_in, k_in, v_in, q=None):
-    """``attn(q=q_in, k=k_in, v=v_in)`` for N image positions attending to T tokens (2D inputs)."""
+def _image_to_token(attn, residual, q_in, k_in, v_in, q=None):
+    """``residual + attn(q=q_in, k=k_in, v=v_in)`` for N image positions attending to T tokens."""
     H, d = _heads(attn)
     N, C, T = q_in.shape[0], q_in.shape[1], k_in.shape[0]
     k = F.linear(k_in, attn.k_proj.weight, attn.k_proj.bias).view(T, H, d).transpose(0, 1)  # (H, T, d)
+    k = k * (1.0 / math.sqrt(d))
     v = F.linear(v_in, attn.v_proj.weight, attn.v_proj.bias).view(T, H, d).transpose(0, 1)
     fold = H * T < attn.internal_dim
     if q is None and not fold:
         q = F.linear(q_in, attn.q_proj.weight, attn.q_proj.bias)
+    # scores laid out (H, T, N): the softmax over T then runs along contiguous N
     if q is not None:
-        scores = torch.matmul(q.view(N, H, d).transpose(0, 1), k.transpose(1, 2)).transpose(0, 1)  # (N, H, T)
+        scores = torch.matmul(k, q.view(N, H, d).permute(1, 2, 0))
     else:
-        m = torch.matmul(attn.q_proj.weight.view(H, d, C).transpose(1, 2), k.transpose(1, 2))  # (H, C, T)
-        bias = (attn.q_proj.bias.view(H, 1, d) * k).sum(-1)  # (H, T)
-        scores = torch.addmm(bias.reshape(-1), q_in, m.permute(1, 0, 2).reshape(C, H * T)).view(N, H, T)
-    p = torch.softmax(scores * (1.0 / math.sqrt(d)), dim=-1)
+        kw = torch.matmul(k, attn.q_proj.weight.view(H, d, C)).reshape(H * T, C)
+        kb = (attn.q_proj.bias.view(H, 1, d) * k).sum(-1).reshape(H * T, 1)
+        scores = torch.addmm(kb, kw, q_in.t())
+    p = torch.softmax(scores.view(H, T, N), dim=1)
     if fold:
-        # out_proj folded into the values: (H*T, C), then one product with the N x H*T weights
+        # out_proj folded into the values; its bias spread over the H heads (each head's
+        # weights sum to 1), and the residual added by the same product
         vo = torch.matmul(v, attn.out_proj.weight.view(C, H, d).permute(1, 2, 0))  # (H, T, C)
-        return torch.addmm(attn.out_proj.bias, p.reshape(N, H * T), vo.reshape(H * T, C))
-    out = torch.matmul(p.transpose(0, 1), v)  # (H, N, d)
-    return F.linear(out.transpose(0, 1).reshape(N, H * d), attn.out_proj.weight, attn.out_proj.bias)
+        vo = (vo + attn.out_proj.bias / H).reshape(H * T, C)
+        return torch.addmm(residual, p.view(H * T, N).t(), vo)
+    out = torch.matmul(p.transpose(1, 2), v)  # (H, N, d)
+    return residual + F.linear(out.transpose(0, 1).reshape(N, H * d), attn.out_proj.weight, attn.out_proj.bias)
 
 
 def _upscale_weights(decoder):
@@ -164,13 +171,10 @@ def _upscale_masks(decoder, st, keys, hyper):
     dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
     (w1, b1), (w2, b2) = _upscale_weights(decoder)
     c1, c2 = dc1.out_channels, dc2.out_channels
-    y = torch.addmm(b1, keys, w1).view(-1, c1)  # rows (y, x, i, j)
-    if "s1" in st:
-        y = y + st["s1"]
+    # the biases (and SAM 2's high-res features) enter as the addmm input
+    y = torch.addmm(st.get("s1b", b1), keys, w1).view(-1, c1)  # rows (y, x, i, j)
     y = act1(F.layer_norm(y, (c1,), ln1.weight, ln1.bias, ln1.eps))
-    z = torch.addmm(b2, y, w2).view(-1, c2)  # rows (y, x, i, j, k, l)
-    if "s0" in st:
-        z = z + st["s0"]
+    z = torch.addmm(st.get("s0b", b2), y, w2).view(-1, c2)  # rows (y, x, i, j, k, l)
     z = act2(z)
     m = (z @ hyper.t()).view(h, w, 2, 2, 2, 2, -1)
     return m.permute(6, 0, 2, 4, 1, 3, 5).reshape(-1, 4 * h, 4 * w)

@@ -139,7 +139,7 @@ def _predict_sam1(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
         st = _decoder.with_dense(sam.mask_decoder, st, emb.features, dense)
     low, iou = _decoder.decode(sam.mask_decoder, st, sparse)
     low, iou = (low[:, 1:], iou[:, 1:]) if multimask else (low[:, :1], iou[:, :1])
-    full = sam.postprocess_masks(low, emb.input_size, emb.original_size)
+    full = _upsample(model, emb, low)
     return full, iou, low
 
 
@@ -178,7 +178,7 @@ def _predict_sam2(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
         low, iou = dec._dynamic_multimask_via_stability(low, iou)
     else:
         low, iou = low[:, :1], iou[:, :1]
-    full = F.interpolate(low.float(), (h, w), mode="bilinear", align_corners=False)
+    full = _upsample(model, emb, low.float())
     return full, iou, torch.clamp(low, -32.0, 32.0)
 
 
@@ -234,6 +234,46 @@ def _dense_pe(model: LoadedModel):
         with torch.inference_mode():
             cache["dense_pe"] = pe.get_dense_pe()
     return cache["dense_pe"]
+
+
+UPSAMPLE_BY_MATMUL_MAX_SIDE = 2048
+"""Up to this slice size, upsampling is two small matmuls; above, the official interpolation."""
+
+
+def _upsample(model: LoadedModel, emb: Embedding, low):
+    """Low-res logits (1, K, M, M) -> (1, K, Y, X) logits as the official predictors upsample them.
+
+    SAM 1: bilinear to the encoder's input canvas, crop the padding, bilinear to the slice
+    (``Sam.postprocess_masks``); SAM 2: bilinear to the slice. Bilinear resizing is
+    separable and linear, so the whole chain equals ``R_y @ low @ R_x.T`` with two small
+    matrices per slice, obtained by running the same interpolations on an identity matrix.
+    """
+    import torch.nn.functional as F
+
+    h, w = emb.original_size
+    sam = model.module
+    if max(h, w) > UPSAMPLE_BY_MATMUL_MAX_SIDE:
+        if model.family == "sam":
+            return sam.postprocess_masks(low, emb.input_size, emb.original_size)
+        return F.interpolate(low, (h, w), mode="bilinear", align_corners=False)
+    ry, rx = _per_slice(emb, "upsample", lambda: (_resize_matrix(model, emb, 0), _resize_matrix(model, emb, 1)))
+    return ry @ low @ rx.t()
+
+
+def _resize_matrix(model: LoadedModel, emb: Embedding, axis: int):
+    """(n_out, M) matrix of the official upsampling chain along one axis."""
+    import torch
+    import torch.nn.functional as F
+
+    m = mask_input_side(model)
+    dev = emb.features.device if model.family == "sam" else emb.backbone_fpn[0].device
+    with torch.inference_mode():
+        x = torch.eye(m, device=dev).view(1, m, m, 1)  # m unit impulses along one spatial axis
+        if model.family == "sam":
+            canvas = model.module.image_encoder.img_size
+            x = F.interpolate(x, (canvas, 1), mode="bilinear", align_corners=False)[:, :, : emb.input_size[axis]]
+        x = F.interpolate(x, (emb.original_size[axis], 1), mode="bilinear", align_corners=False)
+        return x[0, :, :, 0].t().contiguous()
 
 
 def _mask_input(model: LoadedModel, emb: Embedding, prompt: Prompt, dev):
