@@ -242,3 +242,18 @@ def test_model_imports_after_the_viewer_opened_do_not_crash():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "imports ok" in r.stdout, r.stderr[-3000:]
+
+
+def test_plugin_menu_path_with_the_sample(make_napari_viewer, sam2_model):
+    """What a user does: open the sample and the widget through napari's plugin manager."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-sam-stack", "nuclei_real")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-stack", "Segment Anything (stack)")
+    assert widget.image_layer.name == "nuclei (stardist)"  # napari hands the widget a public-only viewer proxy
+    widget.set_model(sam2_model)
+    assert widget.session.shape == (31, 61, 57)
+    viewer.dims.set_current_step(0, 15)
+    click(widget, [15, 30, 28])
+    want, _ = expected(widget, 15, points=[[30, 28]], point_labels=[1])
+    np.testing.assert_array_equal(widget.preview_layer.data[15] != 0, want)
+    assert not widget.preview_layer.data[:15].any() and not widget.preview_layer.data[16:].any()
