@@ -111,7 +111,8 @@ class EmbeddingStore:
     @property
     def path(self):
         """The cache folder of this stack (None with ``in_memory=True``)."""
-        return None if self._disk is None else self._disk.path
+        disk = self._disk
+        return None if disk is None else disk.path
 
     def _check(self, index) -> int:
         i = int(index)
@@ -172,10 +173,9 @@ class EmbeddingStore:
         return True
 
     def _load(self, i: int) -> Embedding | None:
-        if self._disk is None:
-            return None
-        arrays = self._disk.read(i)
-        return None if arrays is None else self._from_arrays(arrays)
+        disk = self._disk  # (set to None by a failed write in another thread)
+        arrays = None if disk is None else disk.read(i)
+        return None if arrays is None else self._from_arrays(arrays, disk)
 
     # ------------------------------------------------------------------ compute
     def compute(self, indices=None, progress=None, cancel=None, batch_size: int = 1) -> bool:
@@ -288,19 +288,20 @@ class EmbeddingStore:
                         self._pos = [p.clone() for p in embs[0].vision_pos_enc]
                     for e in embs:
                         e.vision_pos_enc = list(self._pos)
-            if self._disk is not None:
+            disk = self._disk
+            if disk is not None:
                 arrays = [self._to_arrays(e) for e in embs]
                 try:
                     with self._io_lock:
-                        if not self._disk.open():
-                            self._create(embs[0], arrays[0])
+                        if not disk.open():
+                            self._create(disk, embs[0], arrays[0])
                         for i, a in zip(batch, arrays):
-                            self._disk.write(i, a)
+                            disk.write(i, a)
                 except OSError as err:  # read-only or full disk: carry on in memory
                     keep = self._fall_back_to_memory(err)
                 else:
                     if keep:  # exactly what a reader of the cache gets
-                        embs = [self._from_arrays(a) for a in arrays]
+                        embs = [self._from_arrays(a, disk) for a in arrays]
             if keep:
                 with self._lock:
                     for i, e in zip(batch, embs):
@@ -328,31 +329,31 @@ class EmbeddingStore:
                     event.set()
 
     # ------------------------------------------------------------------ disk layout
-    def _create(self, emb: Embedding, arrays: dict[str, np.ndarray]) -> None:
+    def _create(self, disk: SliceCache, emb: Embedding, arrays: dict[str, np.ndarray]) -> None:
         levels = {name: (a.shape, self.dtype) for name, a in arrays.items()}
         shared = {f"pos_{k}": p[0].detach().cpu().float().numpy() for k, p in enumerate(emb.vision_pos_enc)}
         attrs = {"slices": self._n, "frame_shape": list(self._original_size), "family": self.model.family,
                  "model_name": self.model.name,
                  "input_size": list(emb.input_size) if emb.input_size else None}
-        self._disk.create(levels, shared, attrs)
+        disk.create(levels, shared, attrs)
 
     def _to_arrays(self, emb: Embedding) -> dict[str, np.ndarray]:
         maps = {"features": emb.features} if self.model.family == "sam" else {
             f"fpn_{k}": f for k, f in enumerate(emb.backbone_fpn)}
-        return {k: v[0].detach().cpu().float().numpy().astype(self.dtype) for k, v in maps.items()}
+        return {k: v[0].detach().cpu().float().numpy().astype(self.dtype, copy=False) for k, v in maps.items()}
 
-    def _from_arrays(self, arrays: dict[str, np.ndarray]) -> Embedding:
+    def _from_arrays(self, arrays: dict[str, np.ndarray], disk: SliceCache) -> Embedding:
         import torch
 
         def tensor(a):
             return torch.from_numpy(np.ascontiguousarray(a)).to(self.model.device, torch.float32)[None]
 
         if self.model.family == "sam":
-            input_size = tuple(self._disk.attrs["input_size"])
+            input_size = tuple(disk.attrs["input_size"])
             return Embedding(self._original_size, features=tensor(arrays["features"]), input_size=input_size)
         with self._lock:
             if self._pos is None:
-                shared = self._disk.shared()
+                shared = disk.shared()
                 self._pos = [tensor(shared[f"pos_{k}"]) for k in range(len(shared))]
             pos = list(self._pos)
         fpn = [tensor(arrays[f"fpn_{k}"]) for k in range(len(arrays))]
