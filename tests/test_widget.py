@@ -166,6 +166,10 @@ def test_rgb_layer_and_channel(make_widget, sam2_model, nuclei):
     np.testing.assert_array_equal(widget.preview_layer.data[1] != 0, want.masks[int(np.argmax(want.scores))])
     widget.set_channel(1)  # green only: a new session on grey frames of channel 1
     np.testing.assert_array_equal(widget.session.frames[2][..., 0], rgb[2, ..., 1])
+    widget.wait()  # the existing click is answered again by the new session
+    green = Session(rgb, sam2_model, axis=0, channel_axis=-1, channel=1, in_memory=True)
+    want = green.predict(1, points=[[20, 30]], point_labels=[1])
+    np.testing.assert_array_equal(widget.preview_layer.data[1] != 0, want.masks[int(np.argmax(want.scores))])
 
 
 def test_4d_fixes_the_other_axis(make_widget, sam2_model, nuclei):
@@ -186,6 +190,13 @@ def test_4d_fixes_the_other_axis(make_widget, sam2_model, nuclei):
     assert target.data.shape == stack.shape
     np.testing.assert_array_equal(target.data[1, 2] == 1, want)
     assert not target.data[0].any()
+    # moving along the fixed axis makes a new session for t = 0; the prompt layers stay
+    points = widget.points_layer
+    viewer.dims.set_current_step(0, 0)
+    click(widget, [0, 2, 20, 30])
+    assert widget.points_layer is points and widget.session.frames.fixed == {0: 0}
+    want0 = widget.session.predict(2, points=[[20, 30]], point_labels=[1])
+    np.testing.assert_array_equal(widget.preview_layer.data[0, 2] != 0, want0.masks[int(np.argmax(want0.scores))])
 
 
 def test_fast_clicks_show_only_the_newest_result(make_widget, sam2_model, nuclei):

@@ -69,12 +69,12 @@ def make_preview_layer(viewer, view: SliceView):
     return make_labels_layer(viewer, view, PREVIEW_NAME, np.uint8, opacity=0.5, colormap=cmap)
 
 
-def fits(layer, view: SliceView, geometry: bool = False) -> bool:
-    """Whether a layer has the view's labels shape (and, with ``geometry``, its scale and translate)."""
-    if layer is None:
+def fits(layer, view: SliceView, geometry: bool = False, grid: bool = True) -> bool:
+    """Whether a layer matches the view: same dimensions, the labels shape (``grid``, for
+    labels layers; not for points and shapes) and, with ``geometry``, the same scale and translate."""
+    if layer is None or layer.ndim != view.ndim:
         return False
-    shape = getattr(layer.data, "shape", None)
-    if layer.ndim != view.ndim or (shape is not None and tuple(shape) != view.label_shape):
+    if grid and tuple(layer.data.shape) != view.label_shape:
         return False
     if geometry:
         geo = _geometry(view)

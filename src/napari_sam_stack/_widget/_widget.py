@@ -32,6 +32,7 @@ class SamStackWidget(ObjectActions, Controls):
         self._session_key = None
         self._view: SliceView | None = None
         self.points_layer = self.boxes_layer = self.preview_layer = None
+        self._layers_image = None  # the image layer the prompt layers were made for
         self._task: Task | None = None
         self._task_kind = ""
         self._predictor = LatestOnly(self._on_prediction, self.report)
@@ -162,7 +163,7 @@ class SamStackWidget(ObjectActions, Controls):
         self.start_spin.setValue(0)
         self.stop_spin.setValue(n - 1)
         if self.model is not None:
-            _ = self.session
+            self._prompts_changed()  # a new session: previews of the existing prompts are recomputed
 
     # ------------------------------------------------------------------ model
     @reported
@@ -204,7 +205,7 @@ class SamStackWidget(ObjectActions, Controls):
         self.model_label.setText(f"{model.name} ({'SAM 2' if model.family == 'sam2' else 'SAM 1'}, {model.device})")
         self.set_status("model ready: click on the object (Points layer 'SAM points')")
         if self.image_layer is not None:
-            _ = self.session
+            self._prompts_changed()
 
     # ------------------------------------------------------------------ session
     def current_view(self) -> SliceView:
@@ -253,10 +254,12 @@ class SamStackWidget(ObjectActions, Controls):
         """Prompt and preview layers matching the view; those made for another image are replaced."""
         layers = self.viewer.layers
         fresh = False
+        same_image = self._layers_image is view.layer
         for name in ("points_layer", "boxes_layer", "preview_layer"):
             old = getattr(self, name)
-            if old in layers and not fits(old, view, geometry=True):
+            if old in layers and not (same_image and fits(old, view, geometry=True, grid=name == "preview_layer")):
                 layers.remove(old)
+        self._layers_image = view.layer
         if self.points_layer not in layers:
             self.points_layer = make_points_layer(self.viewer, view)
             self.points_layer.events.data.connect(self._on_prompt_data)
