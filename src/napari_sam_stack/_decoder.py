@@ -28,13 +28,14 @@ import torch.nn.functional as F
 def slice_state(decoder, image_embed, dense, image_pe, high_res=None, *, precompute: bool = True) -> dict[str, Any]:
     """The decoder's prompt-independent inputs for one slice.
 
-    ``image_embed``, ``dense``, ``image_pe``: (1, C, h, w); ``high_res``: SAM 2's
+    ``image_embed``, ``dense``: (1, C, h, w); ``image_pe``: (1, C, h, w) or already
+    flattened to (h * w, C) (then shared, not copied); ``high_res``: SAM 2's
     ``[feat_s0, feat_s1]`` or None. ``precompute=False`` skips the first layer's
     projections (for a one-off dense input such as a mask prompt).
     """
     _, c, h, w = image_embed.shape
     x = (image_embed + dense)[0].reshape(c, h * w).t().contiguous()
-    pe = image_pe[0].reshape(c, h * w).t().contiguous()
+    pe = image_pe if image_pe.dim() == 2 else image_pe[0].reshape(c, h * w).t().contiguous()
     xk = x + pe
     st: dict[str, Any] = {"x": x, "pe": pe, "xk": xk, "hw": (h, w), "k0": None, "v0": None, "q0": None}
     if precompute:
@@ -153,16 +154,18 @@ def _image_to_token(attn, residual, q_in, k_in, v_in, q=None):
 
 def _upscale_weights(decoder):
     """ConvTranspose2d(k=2, s=2) weights as (Cin, 4*Cout) matrices, columns ordered (i, j, cout)."""
-    cached = getattr(decoder, "_nss_upscale", None)
     dc1, dc2 = decoder.output_upscaling[0], decoder.output_upscaling[3]
-    if cached is None or cached[0] is not dc1.weight or cached[1] is not dc2.weight:
+    # rebuilt when the weights change (moved, loaded or edited in place)
+    key = tuple((p.data_ptr(), p._version, p.device) for dc in (dc1, dc2) for p in (dc.weight, dc.bias))
+    cached = getattr(decoder, "_nss_upscale", None)
+    if cached is None or cached[0] != key:
         mats = []
         for dc in (dc1, dc2):
             wgt = dc.weight.detach()
             mats.append((wgt.permute(0, 2, 3, 1).reshape(wgt.shape[0], -1).contiguous(), dc.bias.detach().repeat(4)))
-        cached = (dc1.weight, dc2.weight, mats)
+        cached = (key, mats)
         decoder._nss_upscale = cached
-    return cached[2]
+    return cached[1]
 
 
 def _upscale_masks(decoder, st, keys, hyper):

@@ -153,8 +153,8 @@ def _predict_sam2(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
     from . import _decoder
 
     sam = model.module
-    feats = _per_slice(emb, "sam2_features", lambda: _prepare_sam2(model, emb))
-    dev = feats["image_embed"].device
+    st = _per_slice(emb, "decoder", lambda: _sam2_state(model, emb))
+    dev = st["embed"].device
     h, w = emb.original_size
     size = float(sam.image_size)
     coords, labels = [], []
@@ -168,9 +168,8 @@ def _predict_sam2(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
     masks = _mask_input(model, emb, prompt, dev)
     sparse, dense = sam.sam_prompt_encoder(points=points, boxes=None, masks=masks)
     dec = sam.sam_mask_decoder
-    st = _per_slice(emb, "decoder", lambda: _slice_state(model, feats["image_embed"], feats["high_res_feats"]))
     if masks is not None:
-        st = _decoder.with_dense(dec, st, feats["image_embed"], dense)
+        st = _decoder.with_dense(dec, st, st["embed"], dense)
     low, iou = _decoder.decode(dec, st, sparse)
     if multimask:
         low, iou = low[:, 1:], iou[:, 1:]
@@ -206,6 +205,11 @@ def _prepare_sam2(model: LoadedModel, emb: Embedding) -> dict[str, Any]:
     return {"image_embed": maps[-1], "high_res_feats": maps[:-1]}
 
 
+def _sam2_state(model: LoadedModel, emb: Embedding) -> dict[str, Any]:
+    feats = _prepare_sam2(model, emb)
+    return {**_slice_state(model, feats["image_embed"], feats["high_res_feats"]), "embed": feats["image_embed"]}
+
+
 # ---------------------------------------------------------------- shared
 
 
@@ -221,19 +225,22 @@ def _slice_state(model: LoadedModel, image_embed, high_res):
     with torch.inference_mode():
         _, no_mask = pe_mod(points=None, boxes=None, masks=None)  # the dense "no mask" embedding
         hr = high_res if getattr(dec, "use_high_res_features", False) else None
-        return _decoder.slice_state(dec, image_embed, no_mask, _dense_pe(model), hr)
+        return _decoder.slice_state(dec, image_embed, no_mask, _dense_pe(model, flat=True), hr)
 
 
-def _dense_pe(model: LoadedModel):
-    """The decoder's positional encoding of the embedding grid (prompt-independent)."""
+def _dense_pe(model: LoadedModel, flat: bool = False):
+    """The decoder's positional encoding of the embedding grid (prompt-independent):
+    (1, C, h, w), or (h * w, C) with ``flat``; computed once per model."""
     cache = model.extra.setdefault("_predict", {})
     if "dense_pe" not in cache:
         import torch
 
         pe = model.module.prompt_encoder if model.family == "sam" else model.module.sam_prompt_encoder
         with torch.inference_mode():
-            cache["dense_pe"] = pe.get_dense_pe()
-    return cache["dense_pe"]
+            dense = pe.get_dense_pe()
+            cache["dense_pe"] = dense
+            cache["dense_pe_flat"] = dense[0].flatten(1).t().contiguous()
+    return cache["dense_pe_flat" if flat else "dense_pe"]
 
 
 UPSAMPLE_BY_MATMUL_MAX_SIDE = 2048
