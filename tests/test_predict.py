@@ -175,6 +175,8 @@ def test_slice_of_stack_equals_official(model, stack_u8, tmp_path):
     rgb = _rgb(stack_u8[k])
     sam2_input = _video_frame_input(model, rgb, tmp_path) if model.family == "sam2" else None
     pred = _official(model, rgb, sam2_input)
+    for other in (0, 5, 1):  # per-slice decoder state of other slices must not leak into slice k
+        s.predict(other, points=[[20, 30]])
     _check(model, s, k, pred, CASES["points +/-"], False)
     r = _check(model, s, k, pred, CASES["one point"], True)
     _check(model, s, k, pred, dict(points=[[20, 30]], mask=r.logits[0]), False)

@@ -134,7 +134,7 @@ def _predict_sam1(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
         boxes = torch.as_tensor(tf.apply_boxes(prompt.box, emb.original_size), dtype=torch.float, device=dev)
     masks = _mask_input(model, emb, prompt, dev)
     sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
-    st = _per_slice(emb, "decoder", lambda: _slice_state(model, emb.features, None))
+    st = _per_slice(emb, model, "decoder", lambda: _slice_state(model, emb.features, None))
     if masks is not None:
         st = _decoder.with_dense(sam.mask_decoder, st, emb.features, dense)
     low, iou = _decoder.decode(sam.mask_decoder, st, sparse)
@@ -153,7 +153,7 @@ def _predict_sam2(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
     from . import _decoder
 
     sam = model.module
-    st = _per_slice(emb, "decoder", lambda: _sam2_state(model, emb))
+    st = _per_slice(emb, model, "decoder", lambda: _sam2_state(model, emb))
     dev = st["embed"].device
     h, w = emb.original_size
     size = float(sam.image_size)
@@ -263,7 +263,7 @@ def _upsample(model: LoadedModel, emb: Embedding, low):
         if model.family == "sam":
             return sam.postprocess_masks(low, emb.input_size, emb.original_size)
         return F.interpolate(low, (h, w), mode="bilinear", align_corners=False)
-    ry, rx = _per_slice(emb, "upsample", lambda: (_resize_matrix(model, emb, 0), _resize_matrix(model, emb, 1)))
+    ry, rx = _per_slice(emb, model, "upsample", lambda: (_resize_matrix(model, emb, 0), _resize_matrix(model, emb, 1)))
     return ry @ low @ rx.t()
 
 
@@ -325,8 +325,9 @@ _SLICE_CACHE_MAX = 4
 _SLICE_LOCK = threading.Lock()
 
 
-def _per_slice(emb: Embedding, key: str, make):
-    """Prompt-independent data of one slice, kept while ``emb`` lives (the last few slices)."""
+def _per_slice(emb: Embedding, model: LoadedModel, key: str, make):
+    """Prompt-independent data of one slice for one model, kept while ``emb`` lives (the last few slices)."""
+    key = (key, id(model.module))
     with _SLICE_LOCK:
         entry = _SLICE_CACHE.get(id(emb))
         if entry is None or entry[0]() is not emb:
