@@ -268,3 +268,16 @@ def test_plugin_menu_path_with_the_sample(make_napari_viewer, sam2_model):
     want, _ = expected(widget, 15, points=[[30, 28]], point_labels=[1])
     np.testing.assert_array_equal(widget.preview_layer.data[15] != 0, want)
     assert not widget.preview_layer.data[:15].any() and not widget.preview_layer.data[16:].any()
+
+
+def test_deleted_prompt_layer_comes_back(make_widget, sam2_model, nuclei):
+    viewer, widget, _ = make_widget(nuclei[0], sam2_model)
+    viewer.dims.set_current_step(0, 1)
+    click(widget, [1, 20, 30])
+    preview = widget.preview_layer.data[1].copy()
+    viewer.layers.remove(widget.points_layer)
+    widget.clear_object()
+    assert widget.points_layer in viewer.layers and len(widget.points_layer.data) == 0
+    assert not widget.preview_layer.data.any()
+    click(widget, [1, 20, 30])
+    np.testing.assert_array_equal(widget.preview_layer.data[1], preview)

@@ -157,6 +157,8 @@ class ObjectActions:
     @reported
     def clear_object(self) -> None:
         """Forget the current object's prompts and preview (committed labels stay)."""
+        if self.model is not None and self.image_layer is not None:
+            _ = self.session  # (re)makes prompt layers the user deleted
         self._predictor.invalidate()
         for layer in (self.points_layer, self.boxes_layer):
             if layer is not None and len(layer.data):

@@ -240,6 +240,8 @@ class SamStackWidget(ObjectActions, Controls):
             if new_image:
                 target = self.target_layer
                 self.obj_spin.setValue(next_free_id(target) if fits(target, view) else 1)
+        elif any(lay not in self.viewer.layers for lay in (self.points_layer, self.boxes_layer, self.preview_layer)):
+            self._ensure_layers(view, clear_preview=False)  # the user deleted one: bring it back
         return self._session
 
     @property
@@ -250,7 +252,7 @@ class SamStackWidget(ObjectActions, Controls):
         """Session slice index the viewer shows."""
         return self._view.index_at(self.viewer.dims.point)
 
-    def _ensure_layers(self, view: SliceView) -> None:
+    def _ensure_layers(self, view: SliceView, clear_preview: bool = True) -> None:
         """Prompt and preview layers matching the view; those made for another image are replaced."""
         layers = self.viewer.layers
         fresh = False
@@ -274,7 +276,7 @@ class SamStackWidget(ObjectActions, Controls):
         if self.preview_layer not in layers:
             self.preview_layer = make_preview_layer(self.viewer, view)
             bind_keys(self, self.preview_layer)
-        else:
+        elif clear_preview:
             self.preview_layer.data[...] = 0
             self.preview_layer.refresh()
         if fresh:
