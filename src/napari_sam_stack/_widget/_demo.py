@@ -1,4 +1,4 @@
-"""The demo: napari with the sample stack and the widget docked, a model loaded if possible."""
+"""The demo: napari with the sample stack and the widget docked; the model loads in the background."""
 
 from __future__ import annotations
 
@@ -16,35 +16,55 @@ def _manifest():
     return pm.get_manifest(PLUGIN)
 
 
+def _weights_hint(args) -> str | None:
+    """What to tell a user whose weights are not downloaded yet (None when they are here)."""
+    from ..models import model_spec, weights_dir
+
+    spec = model_spec(args.model)
+    target = weights_dir() / spec.filename
+    if target.is_file():
+        return None
+    how = f"config={spec.config!r}" if spec.family == "sam2" else f"model_type={spec.model_type!r}"
+    return (
+        f"Downloading {args.model} from {spec.url} to {target}. Without internet access this fails: then download "
+        f"the file elsewhere and run `tox -e demo -- --checkpoint /path/to/{spec.filename}`, pick "
+        f"'local checkpoint…' in the widget, or call load_model(checkpoint=..., {how}) in the console. "
+        "`tox -e demo -- --test-model` shows the loop with random weights."
+    )
+
+
 def run_demo(args) -> int:
     import napari
-    from napari.utils.notifications import show_error, show_info
+    from napari.utils.notifications import show_info
 
-    from ..errors import SamStackError
+    from ._compat import guard_llvm_clash
+    from ._controls import LOCAL
 
     manifest = _manifest()
     viewer = napari.Viewer(title="napari-sam-stack demo")
     viewer.open_sample(PLUGIN, manifest.contributions.sample_data[0].key)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, manifest.contributions.widgets[0].display_name)
+    if args.device:
+        widget.device_combo.setCurrentText(args.device)
 
-    try:
-        if args.test_model:
-            from ..testing import load_tiny_sam2
+    if args.test_model:
+        from ..testing import load_tiny_sam2
 
-            model = load_tiny_sam2(tempfile.mkdtemp(prefix="sam-stack-demo-"))
-            show_info("Random-weight test model loaded: the plumbing works, the masks mean nothing.")
-        else:
-            from ..cli import _load
-
-            model = _load(args)
-        widget.set_model(model)
-    except SamStackError as e:
-        msg = (
-            f"No model loaded: {e}\n\nThe demo still runs: choose 'local checkpoint…' in the widget, or restart with "
-            "`tox -e demo -- --checkpoint /path/to/sam2.1_hiera_tiny.pt` (or `-- --test-model` for random weights)."
-        )
-        print(msg, file=sys.stderr)
-        show_error(msg)
+        guard_llvm_clash()
+        widget.set_model(load_tiny_sam2(tempfile.mkdtemp(prefix="sam-stack-demo-")))
+        show_info("Random-weight test model loaded: the plumbing works, the masks mean nothing.")
+    elif args.checkpoint:
+        widget.model_combo.setCurrentText(LOCAL)
+        widget.ckpt_edit.setText(args.checkpoint)
+        widget.config_edit.setText(args.config or args.model_type or "")
+        widget.load_model()
+    else:
+        hint = _weights_hint(args)
+        if hint:
+            print(hint, file=sys.stderr)
+            show_info(hint)
+        widget.model_combo.setCurrentText(args.model)
+        widget.load_model()  # in the background; a failed download shows its message as a notification
 
     if args.screenshot:
         from qtpy.QtCore import QTimer
@@ -53,6 +73,6 @@ def run_demo(args) -> int:
             viewer.screenshot(args.screenshot, canvas_only=False)
             viewer.close()
 
-        QTimer.singleShot(1500, shoot)
+        QTimer.singleShot(2000, shoot)
     napari.run()
     return 0
