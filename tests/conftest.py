@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# Load Triton (torchvision.ops -> torch._dynamo -> triton) before any test opens an OpenGL
+# context: Mesa's libLLVM and Triton's LLVM segfault when Triton comes second (see
+# napari_sam_stack/_widget/_compat.py), so the test order must not decide it.
+import torchvision.ops  # noqa: E402,F401
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
