@@ -2,9 +2,11 @@
 
 Reproduces ``SamPredictor.predict`` (SAM 1) and ``SAM2ImagePredictor.predict`` (SAM 2)
 from an :class:`~napari_sam_stack.embeddings.Embedding`: same coordinate scaling, same
-prompt encoding, same mask decoder, same upsampling of the logits to the slice. The work
-that does not depend on the prompt (SAM 2's feature preparation, positional encodings)
-is done once per slice and kept while the embedding lives.
+prompt encoding, the same mask decoder (weights and function; computed in a cheaper order
+by :mod:`._decoder`), the same upsampling chain (as two per-slice matrices). Results equal
+the official predictors' to float rounding (~1e-6). The work that does not depend on the
+prompt (SAM 2's feature preparation, positional encodings, the first decoder layer's image
+projections, the upsampling matrices) is done once per slice and kept for the last few.
 
 Binary mask prompts are turned into low-resolution logits the way SAM 2 turns a mask
 input into logits (``SAM2Base._use_mask_as_output``): the mask is placed on the encoder's
@@ -83,28 +85,31 @@ def mask_input_side(model: LoadedModel) -> int:
 
 def predict(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask: bool | None = None) -> Prediction:
     """Masks for ``prompt`` on the slice encoded in ``emb``: one decoder call, no encoder."""
-    multi = use_multimask(prompt, multimask)
-    full, scores, low = predict_logits(model, emb, prompt, multi)
-    order = np.argsort(-scores, kind="stable") if len(scores) > 1 else np.arange(len(scores))
-    masks = full[order] > _threshold(model)
-    return Prediction(np.ascontiguousarray(masks), scores[order], np.ascontiguousarray(low[order]))
+    import torch
+
+    full, scores, low = _run(model, emb, prompt, use_multimask(prompt, multimask))
+    with torch.inference_mode():
+        order = torch.argsort(-scores[0], stable=True)
+        masks = full[0, order] > _threshold(model)  # thresholded where the logits are (GPU stays GPU)
+        return Prediction(
+            masks.cpu().numpy(), scores[0, order].float().cpu().numpy(), low[0, order].float().cpu().numpy()
+        )
 
 
 def predict_logits(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask: bool):
     """Full-resolution logits (K, Y, X), scores (K,) and low-res logits (K, M, M), as numpy,
     in the official predictors' candidate order."""
+    full, scores, low = _run(model, emb, prompt, multimask)
+    return tuple(t[0].float().cpu().numpy() for t in (full, scores, low))
+
+
+def _run(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask: bool):
     import torch
 
     with torch.inference_mode():
         if model.family == "sam":
-            full, scores, low = _predict_sam1(model, emb, prompt, multimask)
-        else:
-            full, scores, low = _predict_sam2(model, emb, prompt, multimask)
-    return (
-        full[0].float().cpu().numpy(),
-        scores[0].float().cpu().numpy(),
-        low[0].float().cpu().numpy(),
-    )
+            return _predict_sam1(model, emb, prompt, multimask)
+        return _predict_sam2(model, emb, prompt, multimask)
 
 
 def _threshold(model: LoadedModel) -> float:
