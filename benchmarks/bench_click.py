@@ -35,7 +35,8 @@ def build(family: str):
         return load_model(sam_model_registry["vit_b"](checkpoint=None), device="cpu"), "SAM 1 vit_b"
     from sam2.build_sam import build_sam2
 
-    return load_model(build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu"), device="cpu"), "SAM 2.1 hiera_t"
+    module = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
+    return load_model(module, device="cpu"), "SAM 2.1 hiera_t"
 
 
 def official_on(model, emb):
@@ -129,8 +130,9 @@ def bench(family: str, n: int):
           f"slice {shape[0]}x{shape[1]}, encoder {enc:.1f} s once, {n} clicks per scenario, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print("  medians; wall = click to mask; cpu = process CPU time (all threads, spin-waits included)")
-    print(f"  {'scenario':<12} {'ours wall':>9} {'official':>9} {'ratio':>6} {'ours cpu':>9} {'official':>9} {'ratio':>6}"
-          f" {'max|dlogit|':>12}")
+    head = ("scenario", "ours wall", "official", "ratio", "ours cpu", "official", "ratio", "max|dlogit|")
+    widths = (12, 9, 9, 6, 9, 9, 6, 12)
+    print("  " + " ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in enumerate(zip(head, widths))))
     for scen, (ow, oc, tw, tc, d) in results.items():
         print(f"  {scen:<12} {ow:9.1f} {tw:9.1f} {ow / tw:6.2f} {oc:9.1f} {tc:9.1f} {oc / tc:6.2f} {d:12.2e}")
     return label, results

@@ -95,7 +95,8 @@ CASES = {
     "box": dict(box=BOX),
     "box + points": dict(box=BOX, points=POINTS[:2], point_labels=LABELS[:2]),
     # enough tokens that the fast decoder projects the image instead of folding (H*T >= width)
-    "many points": dict(points=[[3 * i + 2, 5 * i + 4] for i in range(13)], point_labels=[i % 3 != 0 for i in range(13)]),
+    "many points": dict(points=[[3 * i + 2, 5 * i + 4] for i in range(13)],
+                        point_labels=[i % 3 != 0 for i in range(13)]),
 }
 
 
@@ -126,7 +127,8 @@ def test_mask_prompts_equal_official(model, single):
     s, pred = single
     first = s.predict(0, points=[[12, 50]])
     for multimask in (False, True):
-        _check(model, s, 0, pred, dict(points=[[12, 50], [30, 10]], point_labels=[1, 0], mask=first.logits[first.best]), multimask)
+        refine = dict(points=[[12, 50], [30, 10]], point_labels=[1, 0], mask=first.logits[first.best])
+        _check(model, s, 0, pred, refine, multimask)
         _check(model, s, 0, pred, dict(mask=first.logits[0]), multimask)
     binary = np.zeros((ROWS, COLS), bool)
     binary[10:30, 20:60] = True

@@ -55,7 +55,7 @@ def slice_state(decoder, image_embed, dense, image_pe, high_res=None, *, precomp
     return st
 
 
-def with_dense(decoder, st: dict[str, Any], image_embed, dense) -> dict[str, Any]:
+def with_dense(st: dict[str, Any], image_embed, dense) -> dict[str, Any]:
     """``st`` with another dense embedding (a mask prompt): positional and high-res parts reused."""
     _, c, h, w = image_embed.shape
     x = (image_embed + dense)[0].reshape(c, h * w).t().contiguous()
@@ -83,8 +83,8 @@ def decode(decoder, st: dict[str, Any], sparse) -> tuple[torch.Tensor, torch.Ten
                             st["k0"] if first else None, st["v0"] if first else None)
         q = layer.norm2(q + a[None])
         q = layer.norm3(q + layer.mlp(q))
-        keys = _image_to_token(layer.cross_attn_image_to_token, keys, xk, (q + qpe)[0], q[0], st["q0"] if first else None)
-        keys = layer.norm4(keys)
+        i2t = layer.cross_attn_image_to_token
+        keys = layer.norm4(_image_to_token(i2t, keys, xk, (q + qpe)[0], q[0], st["q0"] if first else None))
         xk = keys + st["pe"]
     a = _token_to_image(tr.final_attn_token_to_image, (q + qpe)[0], xk, keys)
     q = tr.norm_final_attn(q + a[None])[0]

@@ -141,7 +141,7 @@ def _predict_sam1(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
     sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
     st = _per_slice(emb, model, "decoder", lambda: _slice_state(model, emb.features, None))
     if masks is not None:
-        st = _decoder.with_dense(sam.mask_decoder, st, emb.features, dense)
+        st = _decoder.with_dense(st, emb.features, dense)
     low, iou = _decoder.decode(sam.mask_decoder, st, sparse)
     low, iou = (low[:, 1:], iou[:, 1:]) if multimask else (low[:, :1], iou[:, :1])
     full = _upsample(model, emb, low)
@@ -153,7 +153,6 @@ def _predict_sam1(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
 
 def _predict_sam2(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask: bool):
     import torch
-    import torch.nn.functional as F
 
     from . import _decoder
 
@@ -174,7 +173,7 @@ def _predict_sam2(model: LoadedModel, emb: Embedding, prompt: Prompt, multimask:
     sparse, dense = sam.sam_prompt_encoder(points=points, boxes=None, masks=masks)
     dec = sam.sam_mask_decoder
     if masks is not None:
-        st = _decoder.with_dense(dec, st, st["embed"], dense)
+        st = _decoder.with_dense(st, st["embed"], dense)
     low, iou = _decoder.decode(dec, st, sparse)
     if multimask:
         low, iou = low[:, 1:], iou[:, 1:]
