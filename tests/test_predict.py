@@ -130,6 +130,7 @@ def test_mask_prompts_equal_official(model, single):
         refine = dict(points=[[12, 50], [30, 10]], point_labels=[1, 0], mask=first.logits[first.best])
         _check(model, s, 0, pred, refine, multimask)
         _check(model, s, 0, pred, dict(mask=first.logits[0]), multimask)
+    _check(model, s, 0, pred, {**CASES["many points"], "mask": first.logits[1]}, False)
     binary = np.zeros((ROWS, COLS), bool)
     binary[10:30, 20:60] = True
     _check(model, s, 0, pred, dict(mask=binary), False)
