@@ -64,3 +64,14 @@ def test_real_2d_image_predict(sam2_model):
     low = sam2_model.image_size // 4  # SAM 2 low-res logits: a quarter of the input side
     assert r.masks.shape[1:] == image.shape and r.logits.shape[1:] == (low, low)
     assert len(r.scores) == len(r.masks) == 3  # one point: SAM's three ambiguity candidates
+
+
+def test_float_binary_mask_the_size_of_the_logits_grid_is_a_mask():
+    from napari_sam_stack.prompts import make_prompt
+
+    m = np.zeros((256, 256), np.float32)
+    m[100:120, 80:90] = 1.0
+    p = make_prompt((256, 256), mask=m)
+    assert not p.mask_is_logits and p.mask.dtype == bool and p.mask.sum() == 200
+    logits = np.where(m > 0, 3.5, -7.25).astype(np.float32)
+    assert make_prompt((256, 256), mask=logits).mask_is_logits

@@ -110,7 +110,10 @@ def _mask(mask, rows, cols):
     if mask is None:
         return None, False
     m = np.asarray(mask)
-    if m.shape == (rows, cols) and (m.dtype == bool or np.issubdtype(m.dtype, np.integer)):
+    # A float array of the slice's shape holding only 0 and 1 is a binary mask too (logits
+    # are never exactly 0/1 everywhere); that settles slices as large as the logits grid.
+    binary_float = np.issubdtype(m.dtype, np.floating) and m.shape == (rows, cols) and np.isin(m, (0.0, 1.0)).all()
+    if m.shape == (rows, cols) and (m.dtype == bool or np.issubdtype(m.dtype, np.integer) or binary_float):
         if not np.isin(m, (0, 1)).all() and m.dtype != bool:
             m = m != 0
         m = m.astype(bool)
