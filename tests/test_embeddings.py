@@ -319,6 +319,18 @@ def test_get_during_background_compute(sam2_model, stack_u8, tmp_path, monkeypat
     assert_sam2_equal(store.get(2), official_sam2_video(sam2_model, frames[2], tmp_path))
 
 
+def test_two_concurrent_computes_share_the_work(sam2_model, stack_u8, tmp_path):
+    store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path)
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(store.compute())) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert not any(w.is_alive() for w in workers), "deadlock"
+    assert results == [True, True] and store.encoded_slices == 6 and store.computed() == list(range(6))
+
+
 def test_failed_batch_releases_its_slices(sam2_model, stack_u8, tmp_path, monkeypatch):
     store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path)
     real_prepare = store._prepare

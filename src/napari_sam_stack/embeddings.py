@@ -200,9 +200,10 @@ class EmbeddingStore:
             if progress is not None and k:
                 progress(done[0], total)
 
-        def take() -> list[int]:
-            """Claim the next batch. Slices being encoded by another thread (a click) are
-            awaited only once nothing else is left."""
+        def take(block: bool) -> list[int]:
+            """Claim the next batch. Slices being encoded by another thread (a click, another
+            compute) are awaited only once nothing else is left, and only when ``block`` (the
+            caller then holds no claimed, unencoded slice: two computes never wait on each other)."""
             while True:
                 batch, skipped = [], 0
                 with self._lock:
@@ -215,7 +216,7 @@ class EmbeddingStore:
                         elif self._claim(i):
                             batch.append(i)
                 report(skipped)
-                if batch or not waits:
+                if batch or not waits or not block:
                     return batch
                 for i, event in waits:
                     event.wait()
@@ -227,12 +228,12 @@ class EmbeddingStore:
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="napari-sam-stack-embeddings")
         current = ahead = writing = None
 
-        def start():
-            batch = take()
+        def start(block: bool):
+            batch = take(block)
             return (batch, pool.submit(self._prepare, batch)) if batch else None
 
         try:
-            ahead = start()
+            ahead = start(block=True)
             while ahead is not None:
                 (current, prepared), ahead = ahead, None
                 if cancel is not None and cancel():
@@ -242,12 +243,14 @@ class EmbeddingStore:
                         writing = None
                     return False
                 x, input_size = prepared.result()
-                ahead = start()  # read + preprocess the next batch while this one encodes
+                ahead = start(block=False)  # read + preprocess the next batch while this one encodes
                 embs = self._encode(x, input_size)
                 if writing is not None:
                     writing[1].result()
                     report(len(writing[0]))
                 writing, current = (current, pool.submit(self._store, current, embs, self.in_memory)), None
+                if ahead is None:
+                    ahead = start(block=True)
             if writing is not None:
                 writing[1].result()
                 report(len(writing[0]))
