@@ -235,6 +235,13 @@ def test_damaged_chunk_is_recomputed_with_warning(sam2_model, stack_u8, tmp_path
     assert again.encoder_calls == 0
 
 
+def test_debris_folder_is_replaced(sam2_model, stack_u8, tmp_path):
+    store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path)
+    (store.path / "fpn_0").mkdir(parents=True)  # a folder without metadata, e.g. an interrupted delete
+    store.get(1)
+    assert store.path is not None and (store.path / "zarr.json").exists() and store.computed() == [1]
+
+
 def test_half_written_slice_is_invisible_and_recomputed(sam2_model, stack_u8, tmp_path):
     store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path)
     store.compute()

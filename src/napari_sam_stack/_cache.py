@@ -114,8 +114,14 @@ class SliceCache:
         (tmp / "done").mkdir()
         try:
             os.rename(tmp, self.path)
-        except OSError:  # already there (another process): keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            if not (self.path / "zarr.json").exists():  # debris of an interrupted clear: replace it
+                shutil.rmtree(self.path, ignore_errors=True)
+                try:
+                    os.rename(tmp, self.path)
+                except OSError:
+                    pass
+            shutil.rmtree(tmp, ignore_errors=True)  # (already there from another process: keep theirs)
         if not self.open():
             raise OSError(f"could not create the embeddings cache at {self.path}")
 
