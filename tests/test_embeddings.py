@@ -235,11 +235,15 @@ def test_damaged_chunk_is_recomputed_with_warning(sam2_model, stack_u8, tmp_path
     assert again.encoder_calls == 0
 
 
-def test_debris_folder_is_replaced(sam2_model, stack_u8, tmp_path):
+def test_debris_is_replaced_or_removed(sam2_model, stack_u8, tmp_path):
     store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path)
     (store.path / "fpn_0").mkdir(parents=True)  # a folder without metadata, e.g. an interrupted delete
+    old, recent = tmp_path / ".tmp-old-1", tmp_path / ".tmp-recent-2"  # killed creations
+    old.mkdir(), recent.mkdir()
+    os.utime(old, (1, 1))
     store.get(1)
     assert store.path is not None and (store.path / "zarr.json").exists() and store.computed() == [1]
+    assert not old.exists() and recent.exists()  # a recent one may belong to a running process
 
 
 def test_half_written_slice_is_invisible_and_recomputed(sam2_model, stack_u8, tmp_path):

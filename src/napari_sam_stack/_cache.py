@@ -102,6 +102,12 @@ class SliceCache:
         from zarr.codecs import Crc32cCodec
 
         self.root.mkdir(parents=True, exist_ok=True)
+        for old in self.root.glob(_TMP_PREFIX + "*"):  # debris of creations killed long ago
+            try:
+                if time.time() - old.stat().st_mtime > 86400:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
         tmp = self.root / f"{_TMP_PREFIX}{self.path.name}-{uuid.uuid4().hex[:8]}"
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         for name, (shape, dtype) in levels.items():
