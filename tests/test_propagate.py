@@ -18,8 +18,10 @@ from napari_sam_stack.embeddings import preprocess
 from napari_sam_stack.errors import Cancelled, ModelFamilyError, PromptError
 from napari_sam_stack.propagate import Propagation, iter_propagate, memory_reach
 
-N, H, W = 28, 45, 71  # > num_maskmem (3) + max_obj_ptrs_in_encoder (16)
-ATOL = 1e-4
+N, H, W = 24, 45, 71  # > num_maskmem (3) + max_obj_ptrs_in_encoder (16)
+# Same features, same ops: the numbers agree to float rounding. Tight, because dropping the
+# oldest object pointer changes random-weight logits by only ~1e-4.
+ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +149,13 @@ def test_mask_prompt(fresh, monkeypatch):
 def test_two_objects_same_and_different_slices(fresh, monkeypatch):
     fresh.add_prompt(1, 5, points=[[20, 30]])
     fresh.add_prompt(2, 5, points=[[40, 60]])
-    fresh.add_prompt(7, 17, box=[5, 10, 30, 50])  # prompted later: memories without pointers
+    fresh.add_prompt(7, 16, box=[5, 10, 30, 50])  # prompted later: memories without pointers
     _check(fresh, monkeypatch)
 
 
 def test_two_slices_one_object(fresh, monkeypatch):
     fresh.add_prompt(1, 4, points=[[20, 30]])
-    fresh.add_prompt(1, 21, points=[[25, 40], [3, 3]], point_labels=[1, 0])
+    fresh.add_prompt(1, 20, points=[[25, 40], [3, 3]], point_labels=[1, 0])
     _check(fresh, monkeypatch)
 
 
@@ -170,8 +172,8 @@ def test_correction_equals_a_fresh_official_run(fresh, monkeypatch):
 def test_range(fresh, monkeypatch):
     fresh.add_prompt(1, 3, points=[[20, 30]])  # before the range: still conditions it
     fresh.add_prompt(2, 12, points=[[30, 50]])
-    ours = _check(fresh, monkeypatch, start=7, stop=22)
-    assert sorted(ours) == list(range(7, 23))
+    ours = _check(fresh, monkeypatch, start=7, stop=21)
+    assert sorted(ours) == list(range(7, 22))
 
 
 def test_plain_sam2base(sam2_model, stack, monkeypatch):
@@ -193,7 +195,6 @@ def test_plain_sam2base(sam2_model, stack, monkeypatch):
     model = nss.load_model(base, device="cpu")
     s = nss.Session(stack, model, in_memory=True)
     s.add_prompt(1, 10, points=[[20, 30]])
-    s.add_prompt(2, 14, box=[5, 10, 30, 50])
     ours = _ours(s)
     memory_attention = base.memory_attention
     _assert_same(ours, _official(ref_module, s, monkeypatch))
@@ -201,18 +202,14 @@ def test_plain_sam2base(sam2_model, stack, monkeypatch):
 
 
 def test_four_d_time_series(sam2_model, monkeypatch):
+    """A (T, Z, Y, X) movie propagated over time at one z (Frames' ``fixed``)."""
     rng = np.random.default_rng(3)
-    movie = rng.integers(0, 256, (22, 4, 33, 52), dtype=np.uint8)  # (T, Z, Y, X)
+    movie = rng.integers(0, 256, (21, 3, 33, 52), dtype=np.uint8)
     s = nss.Session(movie, sam2_model, axis=0, fixed={1: 2}, in_memory=True)
-    assert s.shape == (22, 33, 52)
+    assert s.shape == (21, 33, 52)
+    np.testing.assert_array_equal(s.frames[4][..., 0], movie[4, 2])
     s.add_prompt(1, 6, points=[[15, 20]])
-    s.add_prompt(2, 6, points=[[25, 40]])
-    ours = _check(s, monkeypatch)
-    labels = s.propagate()
-    from napari_sam_stack.session import labels_from_logits
-
-    for t in (0, 6, 21):
-        np.testing.assert_array_equal(labels[t], labels_from_logits(ours[t], (33, 52), labels.dtype))
+    assert sorted(_check(s, monkeypatch)) == list(range(21))
 
 
 # ---------------------------------------------------------------- cost: no encoder, bounded memory
@@ -232,7 +229,7 @@ def test_no_encoder_call_during_propagation(fresh):
 
 
 def test_memory_is_bounded(sam2_model, monkeypatch):
-    n = 64
+    n = 48
     rng = np.random.default_rng(5)
     s = nss.Session(rng.integers(0, 256, (n, 29, 40), dtype=np.uint8), sam2_model, in_memory=True)
     s.add_prompt(1, 20, points=[[10, 20]])
@@ -263,8 +260,10 @@ def test_max_absent_stops_each_direction(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
     s = nss.Session(rng.integers(0, 256, (20, 30, 41), dtype=np.uint8), model, in_memory=True)
     s.add_prompt(1, 10, points=[[10, 20]])
-    ours = _ours(s, max_absent=2)
+    calls = []
+    ours = _ours(s, max_absent=2, progress=lambda d, t: calls.append((d, t)))
     assert sorted(ours) == [8, 9, 10, 11]
+    assert calls[-1] == (4, 4) and calls[0] == (1, 20)
     _assert_same(ours, _official(model.module, s, monkeypatch, max_forward=1, max_reverse=2))
     # a prompted slice ahead keeps the direction going until it is passed
     s.add_prompt(1, 14, points=[[12, 22]])

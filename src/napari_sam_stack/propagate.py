@@ -77,7 +77,6 @@ class Propagation:
         self.predictor = StackVideoPredictor.around(model.module)
         self.reach = memory_reach(self.predictor, self.n)
         self.state: dict | None = None
-        self.obj_ids = list(self.prompts)
 
     # ------------------------------------------------------------------ state
     def _prepare(self) -> None:
@@ -130,14 +129,14 @@ class Propagation:
             raise Cancelled("propagation cancelled")
         self._prepare()
         a, lo, hi = self.anchor, self.start, self.stop
-        objs = self.state["output_dict_per_obj"].values()
+        ids, objs = self.state["obj_ids"], self.state["output_dict_per_obj"].values()
         # the reverse pass recomputes the anchor for objects not prompted there
         redo_anchor = a > lo and any(a not in o["cond_frame_outputs"] for o in objs)
         forward = list(range(a, hi + 1))
         backward = list(range(a, lo - 1, -1)) if a > lo else []
         self._pin = bool(backward)
         total = hi - lo + 1  # every slice of the range is yielded once
-        done = 0
+        done, last = 0, None
         for reverse, order in ((False, forward), (True, backward)):
             absent = 0
             for k, frame in enumerate(order):
@@ -148,18 +147,20 @@ class Propagation:
                 with torch.inference_mode():
                     video_res, scores = self.predictor.track_frame(self.state, frame, reverse)
                     self._trim(frame, reverse, forward_pass=not reverse)
-                    logits = {o: video_res[j, 0].float().cpu().numpy() for j, o in enumerate(self.obj_ids)}
+                    logits = {o: video_res[j, 0].float().cpu().numpy() for j, o in enumerate(ids)}
                 del video_res
                 if not (frame == a and redo_anchor and not reverse):
                     done += 1
                     if progress is not None:
+                        last = (done, total)
                         progress(done, total)
                     yield frame, logits
                 absent = 0 if any(s > 0 for s in scores) else absent + 1
                 if self.max_absent is not None and absent >= self.max_absent and not self._prompt_ahead(frame, reverse):
-                    skipped = len(order) - k - 1
-                    total -= skipped
+                    total -= len(order) - k - 1  # not computed: the run ends sooner
                     break
+        if progress is not None and last != (done, total):
+            progress(done, total)  # an early stop shortened the run
         self.state["cached_features"].clear()
 
     def _prompt_ahead(self, frame: int, reverse: bool) -> bool:
