@@ -399,16 +399,23 @@ def test_kill9_then_resume(sam2_files, sam2_model, tmp_path):
     cache = tmp_path / "cache"
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(ckpt), str(config), str(cache)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stack = np.random.default_rng(11).integers(0, 256, KILL_SHAPE, dtype=np.uint8)
     try:
         for line in child.stdout:
             if line.split()[0] == "3":
                 break
+        # a reader in another process while the writer runs: only complete slices, read intact
+        reader = EmbeddingStore(Frames(stack, 0), sam2_model, cache_dir=cache)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            seen = reader.computed()
+            assert len(seen) >= 3 and all(reader.get(i) is not None for i in seen)
+        assert reader.encoder_calls == 0
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait(60)
         err = child.stderr.read()
     assert child.returncode == -signal.SIGKILL, err
-    stack = np.random.default_rng(11).integers(0, 256, KILL_SHAPE, dtype=np.uint8)
     resumed = EmbeddingStore(Frames(stack, 0), sam2_model, cache_dir=cache)
     done = resumed.computed()
     assert 3 <= len(done) < KILL_SHAPE[0] and done == list(range(len(done)))
