@@ -56,7 +56,17 @@ def test_sam2_checkpoint_loads_bit_identically(sam2_files):
     from sam2.sam2_video_predictor import SAM2VideoPredictor
 
     assert isinstance(m.module, SAM2VideoPredictor) and m.module.fill_hole_area == 8
-    assert m.identity == "sha256:" + file_sha256_cached(Path(ckpt))
+    assert m.identity.startswith("sha256:" + file_sha256_cached(Path(ckpt)) + "|config:")
+
+
+def test_identity_follows_weights_and_config(sam2_files, sam1_file):
+    ckpt, config = sam2_files
+    a = nss.load_model(checkpoint=ckpt, config=config).identity
+    assert nss.load_model(checkpoint=ckpt, config=config).identity == a  # stable
+    # same weights, a config change that alters encoder outputs: another model for the cache
+    b = nss.load_model(checkpoint=ckpt, config=config, overrides=["++model.image_encoder.scalp=0"]).identity
+    assert b != a and b.split("|")[0] == a.split("|")[0]
+    assert nss.load_model(checkpoint=sam1_file).identity.startswith("sha256:")
 
 
 def test_sam1_checkpoint_loads_bit_identically(sam1_file):

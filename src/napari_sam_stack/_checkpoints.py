@@ -194,15 +194,31 @@ def sam2_config_of_state_dict(sd: dict[str, Any]) -> str | None:
     return SAM2_CONFIGS.get((embed, stages))
 
 
+def sam2_config(config: str | Path, overrides: list[str] | None = None, video: bool = True):
+    """The OmegaConf config of ``config`` with hydra-style ``++key=value`` overrides applied
+    (after the official video-predictor settings when ``video``), and its file path."""
+    from omegaconf import OmegaConf
+
+    path = resolve_sam2_config(config)
+    cfg = OmegaConf.load(path)
+    dotlist = [o.lstrip("+") for o in [*(SAM2_VIDEO_OVERRIDES if video else []), *(overrides or [])]]
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist)), path
+
+
+def sam2_config_digest(config: str | Path, overrides: list[str] | None = None) -> str:
+    """A short hash of the effective config: same weights under another config are another model."""
+    from omegaconf import OmegaConf
+
+    cfg, _ = sam2_config(config, overrides)
+    return hashlib.sha256(OmegaConf.to_yaml(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def build_sam2(sd: dict[str, Any], config: str | Path, overrides: list[str] | None, source: Any):
     """Instantiate a SAM 2 video predictor from a config (+ overrides) and load ``sd`` strictly."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    path = resolve_sam2_config(config)
-    cfg = OmegaConf.load(path)
-    dotlist = [o.lstrip("+") for o in [*SAM2_VIDEO_OVERRIDES, *(overrides or [])]]
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    cfg, path = sam2_config(config, overrides)
     OmegaConf.resolve(cfg)
     try:
         model = instantiate(cfg.model, _recursive_=True)

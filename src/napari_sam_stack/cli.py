@@ -61,6 +61,28 @@ def _progress(desc: str):
     return update, bar
 
 
+def _point(text: str) -> tuple[int, float, float]:
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: give slice,row,col (three numbers)")
+    try:
+        z, r, c = float(parts[0]), float(parts[1]), float(parts[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: slice,row,col must be numbers") from None
+    if z != int(z):
+        raise argparse.ArgumentTypeError(f"{text!r}: the slice must be a whole number")
+    return int(z), r, c
+
+
+def _axis(text: str) -> int | None:
+    if text.lower() in ("none", "2d"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the slice axis is a number, or 'none' for one 2D image") from None
+
+
 def cmd_models(args) -> int:
     from .models import model_spec, weights_dir, available_models
 
@@ -97,9 +119,16 @@ def cmd_segment(args) -> int:
     from .session import Session
 
     s = Session(read_image(args.image), _load(args), axis=args.axis, cache_dir=args.cache_dir)
-    for p in args.point or []:
-        z, r, c = (float(v) for v in p.split(","))
-        s.add_prompt(1, int(z), points=[[r, c]], point_labels=[1])
+    by_slice: dict[int, list] = {}
+    for z, r, c in args.point or []:  # several clicks on one slice form one prompt
+        by_slice.setdefault(z, []).append([r, c])
+    for z, pts in by_slice.items():
+        s.add_prompt(1, z, points=pts, point_labels=[1] * len(pts))
+    if args.seed_labels:
+        seeds = np.asarray(tifffile.imread(args.seed_labels))
+        plane = seeds[args.seed_slice] if seeds.ndim == 3 else seeds
+        for obj in np.unique(plane)[1:]:
+            s.add_prompt(int(obj), args.seed_slice, mask=plane == obj)
     if args.prompts:
         for item in json.loads(Path(args.prompts).read_text()):
             s.add_prompt(item["obj"], item["index"], points=item.get("points"),
@@ -137,11 +166,13 @@ def main(argv=None) -> int:
                                  ("segment", cmd_segment, "prompt and propagate headless, write labels")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("image", help="TIFF file or zarr array")
-        p.add_argument("--axis", type=int, default=0, help="slice axis (default 0)")
+        p.add_argument("--axis", type=_axis, default=0, help="slice axis (default 0; 'none' for one 2D image)")
         p.add_argument("--cache-dir", default=None)
         _model_args(p)
         if name == "segment":
-            p.add_argument("--point", action="append", help="slice,row,col of a positive click on object 1")
+            p.add_argument("--point", action="append", type=_point, help="slice,row,col of a positive click on object 1")
+            p.add_argument("--seed-labels", help="labels TIFF: every object on --seed-slice becomes a mask prompt")
+            p.add_argument("--seed-slice", type=int, default=0, help="the slice of --seed-labels to start from")
             p.add_argument("--prompts", help='JSON list of {"obj", "index", "points", "labels", "box"}')
             p.add_argument("--out", required=True, help="output labels TIFF")
         p.set_defaults(func=func)
@@ -149,7 +180,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except SamStackError as e:
+    except (SamStackError, ValueError, OSError) as e:  # bad input: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

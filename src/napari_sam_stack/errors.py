@@ -34,6 +34,12 @@ class DeviceError(SamStackError, ValueError):
     """A requested torch device that is not available on this machine."""
 
 
+class ImageError(SamStackError, ValueError):
+    """An image that cannot be read as slices: wrong dimensions for the axes asked, a bad
+    channel choice, unusable contrast limits, a dtype that is not numeric, a slice index
+    out of range."""
+
+
 class PromptError(SamStackError, ValueError):
     """A prompt (points, box, mask, slice index, object id) that cannot be used."""
 

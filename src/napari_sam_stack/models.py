@@ -231,7 +231,8 @@ def load_model(
         spec = model_spec(str(model))
         path = download_checkpoint(spec.name, progress=progress)
         loaded = _load_file(path, spec.config, spec.model_type, overrides, dev, family=spec.family)
-        loaded.name, loaded.identity = spec.name, f"{spec.name}:{spec.sha256 or path.stat().st_size}"
+        loaded.name = spec.name
+        loaded.identity = f"{spec.name}:{spec.sha256 or path.stat().st_size}" + loaded.identity
         return loaded
     if checkpoint is None:
         raise ValueError(f"load_model needs a model name (one of {available_models()}), checkpoint=... or a module.")
@@ -244,7 +245,7 @@ def load_model(
     family = "sam2" if config is not None else ("sam" if model_type is not None else None)
     loaded = _load_file(path, config, model_type, overrides, dev, family=family)
     loaded.name = path.name
-    loaded.identity = "sha256:" + (digest or file_sha256_cached(path))
+    loaded.identity = "sha256:" + (digest or file_sha256_cached(path)) + loaded.identity
     return loaded
 
 
@@ -266,7 +267,9 @@ def _load_file(path, config, model_type, overrides, dev, family=None) -> LoadedM
         if config is None:
             raise CheckpointError(f"{path} is a SAM 2 checkpoint of a non-official size: pass config=... (a YAML file).")
         module = ck.build_sam2(sd, config, overrides, path)
-    return LoadedModel(found, module.to(dev), dev, path.name, "", extra={"config": config, "overrides": overrides})
+    # the config is part of the identity (it keys cached embeddings); SAM 1's shape is in its weights
+    suffix = f"|config:{ck.sam2_config_digest(config, overrides)}" if found == "sam2" else ""
+    return LoadedModel(found, module.to(dev), dev, path.name, suffix, extra={"config": config, "overrides": overrides})
 
 
 _HASHES: dict[tuple, str] = {}

@@ -73,9 +73,14 @@ class Session:
         return i
 
     # ------------------------------------------------------------------ embeddings
-    def compute_embeddings(self, progress: Callable[[int, int], Any] | None = None, cancel: Callable[[], bool] | None = None, **kw) -> None:
-        """Encode every slice once (cached); ``progress(done, total)``; ``cancel()`` returning True stops."""
-        self.embeddings.compute(progress=progress, cancel=cancel, **kw)
+    def compute_embeddings(
+        self, progress: Callable[[int, int], Any] | None = None, cancel: Callable[[], bool] | None = None, **kw
+    ) -> bool:
+        """Encode every slice once (cached); ``progress(done, total)``; ``cancel()`` returning True stops.
+
+        Returns True when every slice is embedded, False when cancelled (what finished is kept).
+        """
+        return self.embeddings.compute(progress=progress, cancel=cancel, **kw)
 
     # ------------------------------------------------------------------ 2D
     def predict(self, index: int = 0, points=None, point_labels=None, box=None, mask=None, multimask: bool | None = None):
@@ -98,6 +103,8 @@ class Session:
         prompt = make_prompt(self.frames.frame_shape, points, point_labels, box, mask)
         if prompt.mask is not None and prompt.mask_is_logits:
             raise PromptError("a propagation mask prompt must be a binary mask of the slice, not low-res logits")
+        if prompt.mask is not None and not (prompt.points is None and prompt.box is None):
+            raise PromptError("SAM 2 takes either a mask or points/box for an object on one slice, not both")
         self.prompts.setdefault(obj, {})[i] = prompt
 
     def remove_prompt(self, obj_id: int, index: int | None = None) -> None:
@@ -128,28 +135,31 @@ class Session:
     ) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
         """Propagate every object's prompts through the slices with SAM 2 memory attention.
 
-        Yields ``(index, {obj_id: (Y, X) float32 logits})`` as slices finish, both
-        directions from the prompted slices, within ``start..stop`` (inclusive).
+        Yields ``(index, {obj_id: (Y, X) float32 logits})`` as slices finish, within
+        ``start..stop`` (inclusive): forward from the first prompted slice, then in
+        reverse from it, every prompt of every object used as a conditioning slice.
         ``max_absent``: stop a direction after that many consecutive slices where every
         object is absent (SAM 2's object score).
+
+        Checks happen here, at the call; the prompts are copied, so editing them while the
+        iterator runs (another thread, the widget) does not change this run.
         """
-        from .propagate import iter_propagate
+        from .propagate import Propagation
 
         if self.model.family != "sam2":
             raise ModelFamilyError(
                 "propagation needs a SAM 2 model (e.g. 'sam2.1_hiera_tiny'); SAM 1 segments one slice at a time."
             )
-        prompts = self.prompts if obj_ids is None else {o: self.prompts[_obj_id(o)] for o in obj_ids if o in self.prompts}
+        wanted = self.prompts if obj_ids is None else {_obj_id(o): None for o in obj_ids}
+        prompts = {o: dict(self.prompts[o]) for o in wanted if o in self.prompts}
         if not prompts:
             raise PromptError("nothing to propagate: add a prompt first (Session.add_prompt(obj_id, index, points=...))")
         lo = 0 if start is None else self._index(start)
         hi = len(self) - 1 if stop is None else self._index(stop)
         if hi < lo:
             raise PromptError(f"empty range: start={lo} > stop={hi}")
-        yield from iter_propagate(
-            self.model, self.embeddings, prompts, start=lo, stop=hi, max_absent=max_absent,
-            progress=progress, cancel=cancel,
-        )
+        run = Propagation(self.model, self.embeddings, prompts, start=lo, stop=hi, max_absent=max_absent)
+        return run.run(progress=progress, cancel=cancel)
 
     def propagate(self, progress=None, cancel=None, **kw) -> np.ndarray:
         """Propagate and return (N, Y, X) labels (0 = background; overlaps go to the highest logit).

@@ -38,13 +38,11 @@ def tiny_sam2_config(folder: str | Path, overrides: list[str] | None = None) -> 
     """Write the tiny SAM 2 config as a YAML file (official hiera_t + tiny overrides)."""
     from omegaconf import OmegaConf
 
-    from ._checkpoints import resolve_sam2_config
+    from ._checkpoints import sam2_config
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = OmegaConf.load(resolve_sam2_config(SAM2_BASE_CONFIG))
-    dotlist = [o.lstrip("+") for o in [*SAM2_TINY_OVERRIDES, *(overrides or [])]]
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    cfg, _ = sam2_config(SAM2_BASE_CONFIG, [*SAM2_TINY_OVERRIDES, *(overrides or [])], video=False)
     path = folder / "sam2_tiny_test.yaml"
     OmegaConf.save(cfg, path)
     return path
