@@ -169,6 +169,18 @@ def test_correction_equals_a_fresh_official_run(fresh, monkeypatch):
     _assert_same(_ours(fresh), first)
 
 
+def test_memory_stride_and_short_pointer_window(fresh, monkeypatch):
+    """Other memory settings move the kept window: stride 2, 6 object pointers."""
+    module = fresh.model.module
+    monkeypatch.setattr(module, "memory_temporal_stride_for_eval", 2)
+    monkeypatch.setattr(module, "max_obj_ptrs_in_encoder", 6)
+    fresh.add_prompt(1, 11, points=[[20, 30]])
+    fresh.add_prompt(2, 15, points=[[30, 50]])
+    prop = Propagation(fresh.model, fresh.embeddings, fresh.prompts)
+    assert memory_reach(prop.predictor, N) == (3, 5)
+    _check(fresh, monkeypatch)
+
+
 def test_range(fresh, monkeypatch):
     fresh.add_prompt(1, 3, points=[[20, 30]])  # before the range: still conditions it
     fresh.add_prompt(2, 12, points=[[30, 50]])
