@@ -51,6 +51,8 @@ def test_embed_then_segment_from_seed_labels(sam2_files, common, tmp_path, capsy
     tifffile.imwrite(seed_path, truth)
     assert cli.main(["embed", str(img_path), *common]) == 0
     assert "10 slices embedded" in capsys.readouterr().out
+    assert cli.main(["cache", "info", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert "10/10 slices of 61x57" in capsys.readouterr().out.replace(" x ", "x")
     assert cli.main(["segment", str(img_path), *common, "--seed-labels", str(seed_path), "--seed-slice", str(z),
                      "--out", str(out)]) == 0
     labels = tifffile.imread(out)
@@ -76,3 +78,12 @@ def test_points_on_one_slice_form_one_prompt(sam2_files, common, tmp_path):
     for index, logits in s.iter_propagate():
         expected[index] = logits[1] > 0
     np.testing.assert_array_equal(tifffile.imread(out), expected)
+
+
+def test_cache_clear(sam2_files, common, tmp_path, capsys):
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, tifffile.imread(DATA / "img3d.tif")[:3])
+    assert cli.main(["embed", str(path), *common]) == 0
+    assert cli.main(["cache", "clear", "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "freed" in out and "0 stack(s)" in out

@@ -21,6 +21,8 @@ _LAZY = {
     "Session": "session",
     "Frames": "normalise",
     "Prediction": "predict",
+    "cache_info": "embeddings",
+    "clear_cache": "embeddings",
     "errors": None,
     "models": None,
 }

@@ -5,6 +5,7 @@
     napari-sam-stack download sam2.1_hiera_tiny
     napari-sam-stack embed stack.tif --model sam2.1_hiera_tiny
     napari-sam-stack segment stack.tif --model sam2.1_hiera_tiny --point 12,140,96 --out labels.tif
+    napari-sam-stack cache info|clear
 """
 
 from __future__ import annotations
@@ -101,6 +102,16 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from .embeddings import cache_info, clear_cache
+
+    if args.action == "clear":
+        freed = clear_cache(args.cache_dir, older_than_days=args.older_than_days)
+        print(f"freed {freed / 2**20:.1f} MB")
+    print(cache_info(args.cache_dir))
+    return 0
+
+
 def cmd_embed(args) -> int:
     from .session import Session
 
@@ -161,6 +172,12 @@ def main(argv=None) -> int:
     p = sub.add_parser("download", help="download and verify a checkpoint")
     p.add_argument("name")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("cache", help="show or clear the embeddings cache")
+    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--older-than-days", type=float, default=None, help="clear: only stacks untouched this long")
+    p.set_defaults(func=cmd_cache)
 
     for name, func, helptext in (("embed", cmd_embed, "precompute embeddings into the cache"),
                                  ("segment", cmd_segment, "prompt and propagate headless, write labels")):

@@ -25,6 +25,9 @@ class Session:
     single (Y, X) / (Y, X, 3) image with ``axis=None``. numpy, dask and zarr arrays are
     read slice by slice. ``model``: a :class:`~napari_sam_stack.models.LoadedModel` or
     anything :func:`~napari_sam_stack.load_model` accepts (a registry name, a module).
+    Embeddings are cached on disk under ``cache_dir`` (default: the per-user cache)
+    unless ``in_memory=True``; ``dtype="float16"`` halves the cache, ``lru_slices``
+    slices stay in RAM (see :class:`~napari_sam_stack.embeddings.EmbeddingStore`).
     Further keywords go to :class:`~napari_sam_stack.normalise.Frames` (``fixed``,
     ``channel_axis``, ``channel``, ``contrast_limits``).
     """
@@ -38,6 +41,8 @@ class Session:
         cache_dir=None,
         in_memory: bool = False,
         sam2_resize: str | None = None,
+        dtype: str = "float32",
+        lru_slices: int = 4,
         **frames_options,
     ):
         self.model: LoadedModel = model if isinstance(model, LoadedModel) else load_model(model)
@@ -46,7 +51,8 @@ class Session:
         if sam2_resize is None:
             sam2_resize = "image" if self.axis is None else "video"
         self.embeddings = EmbeddingStore(
-            self.frames, self.model, sam2_resize=sam2_resize, cache_dir=cache_dir, in_memory=in_memory
+            self.frames, self.model, sam2_resize=sam2_resize, cache_dir=cache_dir, in_memory=in_memory,
+            dtype=dtype, lru_slices=lru_slices,
         )
         self.prompts: dict[int, dict[int, Prompt]] = {}
 
