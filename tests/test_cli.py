@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tifffile
 
+import napari_sam_stack
 from napari_sam_stack import Session, cli, load_model
 
-DATA = Path(__file__).parent / "data" / "nuclei"
+DATA = Path(napari_sam_stack.__file__).parent / "data"  # real stardist nuclei, shipped with the package
 
 
 def test_models_lists_registry(capsys):

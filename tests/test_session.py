@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import tifffile
 
+import napari_sam_stack
 from napari_sam_stack import Session
 from napari_sam_stack.session import labels_from_logits
 
-DATA = Path(__file__).parent / "data" / "nuclei"
+DATA = Path(napari_sam_stack.__file__).parent / "data"  # real stardist nuclei, shipped with the package
 
 
 def test_labels_from_logits_highest_positive_logit_wins():
