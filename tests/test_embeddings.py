@@ -19,7 +19,8 @@ import torch
 import zarr
 
 from napari_sam_stack import embeddings as emb_mod
-from napari_sam_stack.embeddings import CorruptCacheWarning, EmbeddingStore, cache_info, clear_cache
+from napari_sam_stack.embeddings import CorruptCacheWarning, EmbeddingStore, StaleCacheWarning, cache_info, clear_cache
+from napari_sam_stack.errors import ImageError
 from napari_sam_stack.normalise import Frames
 
 ATOL = 1e-5
@@ -283,8 +284,9 @@ def test_progress_and_batches(sam2_model, stack_u8, tmp_path):
     calls.clear()
     store.compute(indices=[1, 2], progress=lambda d, t: calls.append((d, t)))
     assert calls == [(0, 0)] and store.encoder_calls == 2
-    with pytest.raises(IndexError):
-        store.get(6)
+    for bad in (6, -7, 1.5):
+        with pytest.raises(ImageError, match="slice"):
+            store.get(bad)
     assert store.get(-1) is store.get(5)
 
 

@@ -6,7 +6,8 @@ model, preprocessing, storage dtype or package version never shares a folder)::
     zarr.json            group; attrs: the full signature and the slice layout
     fpn_0 .. fpn_k/      SAM 2: (N, C, H, W) per FPN level; SAM 1: ``features``
     pos_0 .. pos_k/      SAM 2 positional encodings, (C, H, W), stored once
-    done/<i>             written after slice i's chunks: the slice is complete
+    done/<i>             written after slice i's chunks: the slice is complete; holds
+                         the SHA-256 of the slice's raw pixels it was encoded from
 
 Crash safety: the group is built in a temporary folder and renamed into place; zarr
 writes each chunk to a temporary file and renames it; a slice counts as computed only
@@ -14,6 +15,11 @@ once its ``done/<i>`` marker exists, and the marker is written after its chunks.
 process killed at any moment therefore leaves complete slices and slices without a
 marker, which are recomputed. Chunks carry a CRC32C checksum: a damaged chunk is
 reported with a :class:`CorruptCacheWarning` and its slice recomputed.
+
+The folder is chosen by a cheap sampled signature; each slice's marker holds
+:func:`pixel_digest` of the exact pixels it was encoded from, which the store
+compares with the image's current pixels whenever it reads the slice from disk
+(:class:`StaleCacheWarning` and a recomputation when they differ).
 """
 
 from __future__ import annotations
@@ -31,12 +37,24 @@ from typing import Any
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2  # 2: done markers hold the slice's pixel digest
 _TMP_PREFIX = ".tmp-"
 
 
 class CorruptCacheWarning(RuntimeWarning):
     """A cached slice could not be read back intact; it is recomputed."""
+
+
+class StaleCacheWarning(CorruptCacheWarning):
+    """A cached slice was encoded from other pixels than the image has now; it is recomputed."""
+
+
+def pixel_digest(raw: np.ndarray) -> str:
+    """SHA-256 of one slice's raw pixels (dtype, shape and bytes), as recorded in its done marker."""
+    a = np.ascontiguousarray(raw)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a.reshape(-1).view(np.uint8)))
+    return h.hexdigest()
 
 
 def default_root() -> Path:
@@ -151,11 +169,25 @@ class SliceCache:
         except FileNotFoundError:
             return set()
 
-    def write(self, index: int, arrays: dict[str, np.ndarray]) -> None:
-        """Write slice ``index``'s chunks, then its done marker."""
+    def recorded(self, index: int) -> str | None:
+        """The pixel digest in slice ``index``'s done marker; None when the slice is not done."""
+        try:
+            return self._marker(index).read_text()
+        except FileNotFoundError:
+            return None
+
+    def forget(self, index: int) -> None:
+        """Mark slice ``index`` as not computed (its chunks are overwritten when it is recomputed)."""
+        self._marker(index).unlink(missing_ok=True)
+
+    def write(self, index: int, arrays: dict[str, np.ndarray], digest: str) -> None:
+        """Write slice ``index``'s chunks, then its done marker holding ``digest`` (atomically renamed)."""
         for name, arr in arrays.items():
             self._group[name][index] = arr
-        self._marker(index).touch()
+        marker = self._marker(index)
+        tmp = marker.with_name(f"{_TMP_PREFIX}{index}-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(digest)
+        os.replace(tmp, marker)
 
     def read(self, index: int) -> dict[str, np.ndarray] | None:
         """Slice ``index``'s arrays, or None when not computed or damaged (warned, marker removed)."""
@@ -171,7 +203,7 @@ class SliceCache:
                 f"embeddings cache {self.path}: slice {index} is damaged ({type(e).__name__}: {e}); recomputing it",
                 CorruptCacheWarning, stacklevel=4,
             )
-            self._marker(index).unlink(missing_ok=True)
+            self.forget(index)
             return None
 
     def clear(self) -> None:

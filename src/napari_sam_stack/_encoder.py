@@ -11,7 +11,8 @@ which serves both the 2D predictor and the video (propagation) path.
 - SAM 2 ``"image"``: ``SAM2Transforms`` (tensor resize) as ``SAM2ImagePredictor.set_image``.
   Used for single 2D images.
 
-Import these from :mod:`napari_sam_stack.embeddings`.
+``Embedding`` and ``preprocess`` are public in :mod:`napari_sam_stack.embeddings`;
+embeddings are computed through :class:`~napari_sam_stack.embeddings.EmbeddingStore`.
 """
 
 from __future__ import annotations
@@ -87,14 +88,11 @@ def preprocess(model: LoadedModel, frames: list[np.ndarray], sam2_resize: str = 
     raise ValueError(f"sam2_resize must be 'video' or 'image', not {sam2_resize!r}")
 
 
-def encode(model: LoadedModel, frames: list[np.ndarray], sam2_resize: str = "video") -> list[Embedding]:
-    """Run the image encoder on a batch of same-sized uint8 frames; one :class:`Embedding` each."""
-    x, input_size = preprocess(model, frames, sam2_resize)
-    return _forward(model, x, tuple(frames[0].shape[:2]), input_size)
+def forward(model: LoadedModel, x, original: tuple[int, int], input_size) -> list[Embedding]:
+    """The image encoder on a batch from :func:`preprocess`; one :class:`Embedding` per frame of ``original`` size.
 
-
-def _forward(model: LoadedModel, x, original: tuple[int, int], input_size) -> list[Embedding]:
-    """The encoder on a preprocessed batch."""
+    The only place the encoder runs (``EmbeddingStore`` calls it, pipelined with reading and writing).
+    """
     import torch
 
     with torch.inference_mode():

@@ -1,13 +1,14 @@
 """Per-slice image-encoder outputs, computed once and cached on disk.
 
-:class:`Embedding`, :func:`preprocess` and :func:`encode` (in :mod:`._encoder`) run the
-encoder exactly as the official predictors do: SAM 1's ``SamPredictor.set_image``
+:class:`Embedding` and :func:`preprocess` (in :mod:`._encoder`) feed the encoder
+exactly as the official predictors do: SAM 1's ``SamPredictor.set_image``
 features, SAM 2's raw ``forward_image`` output ("video" preprocessing as
 ``SAM2VideoPredictor`` loads frames, "image" as ``SAM2ImagePredictor.set_image``).
 
-:class:`EmbeddingStore` keeps them in a zarr cache (see :mod:`._cache`) keyed by the
-image content, model, preprocessing and package version; :func:`cache_info` and
-:func:`clear_cache` show and free it.
+:class:`EmbeddingStore` runs the encoder and keeps its output in a zarr cache (see
+:mod:`._cache`) keyed by a sampled signature of the image, the model, preprocessing
+and package version; every cached slice is checked against the image's current
+pixels when read. :func:`cache_info` and :func:`clear_cache` show and free it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,22 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
-from ._cache import FORMAT, CorruptCacheWarning, SliceCache, cache_info, clear_cache, default_root
-from ._encoder import Embedding, _forward, encode, preprocess
+from ._cache import (
+    FORMAT,
+    CorruptCacheWarning,
+    SliceCache,
+    StaleCacheWarning,
+    cache_info,
+    clear_cache,
+    default_root,
+    pixel_digest,
+)
+from ._encoder import Embedding, forward, preprocess
 from .models import LoadedModel
+from .normalise import slice_index
 
-__all__ = ["Embedding", "EmbeddingStore", "preprocess", "encode", "cache_info", "clear_cache", "CorruptCacheWarning"]
+__all__ = ["Embedding", "EmbeddingStore", "preprocess", "cache_info", "clear_cache", "CorruptCacheWarning",
+           "StaleCacheWarning"]
 
 
 class EmbeddingStore:
@@ -34,9 +46,11 @@ class EmbeddingStore:
 
     By default the embeddings live in an on-disk zarr cache under ``cache_dir``
     (default ``<user cache>/embeddings``, moved by ``$NAPARI_SAM_STACK_CACHE``), in a
-    folder keyed by the image content, model identity, preprocessing, storage dtype and
-    package version, so a stack reopened later (or by another process) is not encoded
-    again, and a killed run resumes where it stopped. A few recently used slices
+    folder keyed by the image (a sampled content hash), model identity, preprocessing,
+    storage dtype and package version, so a stack reopened later (or by another process)
+    is not encoded again, and a killed run resumes where it stopped. Each slice records
+    the SHA-256 of the pixels it was encoded from; a slice read from disk whose pixels
+    differ now is recomputed (:class:`StaleCacheWarning`). A few recently used slices
     (``lru_slices``) stay in memory. ``in_memory=True`` keeps every slice in RAM instead
     and touches no disk.
 
@@ -115,16 +129,14 @@ class EmbeddingStore:
         return None if disk is None else disk.path
 
     def _check(self, index) -> int:
-        i = int(index)
-        if i != index or not -self._n <= i < self._n:
-            raise IndexError(f"slice {index} is out of range for {self._n} slices")
-        return i % self._n
+        return slice_index(index, self._n)
 
     def _is_done(self, i: int) -> bool:
         return i in self._mem or (self._disk is not None and self._disk.is_done(i))
 
     def is_computed(self, index: int) -> bool:
-        """True when slice ``index`` is cached (in memory, or complete on disk)."""
+        """True when slice ``index`` is cached (in memory, or complete on disk; its pixels are
+        checked when it is read)."""
         i = self._check(index)
         with self._lock:
             return self._is_done(i)
@@ -173,15 +185,31 @@ class EmbeddingStore:
         return True
 
     def _load(self, i: int) -> Embedding | None:
+        """Slice ``i`` from disk if it is there, intact and encoded from the image's current pixels."""
         disk = self._disk  # (set to None by a failed write in another thread)
-        arrays = None if disk is None else disk.read(i)
-        return None if arrays is None else self._from_arrays(arrays, disk)
+        recorded = None if disk is None else disk.recorded(i)
+        if recorded is None:
+            return None
+        if recorded != pixel_digest(self.frames.raw(i)):
+            import warnings
+
+            warnings.warn(
+                f"embeddings cache {disk.path}: slice {i} was encoded from other pixels than the image has now; "
+                "recomputing it", StaleCacheWarning, stacklevel=3,
+            )
+            disk.forget(i)
+            return None
+        arrays = disk.read(i)
+        if arrays is None or disk.recorded(i) != recorded:  # damaged, or rewritten meanwhile by another process
+            return None
+        return self._from_arrays(arrays, disk)
 
     # ------------------------------------------------------------------ compute
     def compute(self, indices=None, progress=None, cancel=None, batch_size: int = 1) -> bool:
         """Encode the slices not cached yet (all, or ``indices``), ``batch_size`` per encoder call.
 
-        Pipelined: the next batch is read and preprocessed, and the previous one written
+        Slices already cached are trusted here (their pixels are checked when they are
+        read). Pipelined: the next batch is read and preprocessed, and the previous one written
         to the cache, while the encoder runs. ``progress(done, total)`` is called at the
         start and as batches are stored; ``cancel()`` is checked before every batch:
         returning True stops, keeping what finished (the call then returns False; True
@@ -242,13 +270,14 @@ class EmbeddingStore:
                         report(len(writing[0]))
                         writing = None
                     return False
-                x, input_size = prepared.result()
+                x, input_size, digests = prepared.result()
                 ahead = start(block=False)  # read + preprocess the next batch while this one encodes
                 embs = self._encode(x, input_size)
                 if writing is not None:
                     writing[1].result()
                     report(len(writing[0]))
-                writing, current = (current, pool.submit(self._store, current, embs, self.in_memory)), None
+                writing = (current, pool.submit(self._store, current, embs, digests, self.in_memory))
+                current = None
                 if ahead is None:
                     ahead = start(block=True)
             if writing is not None:
@@ -266,23 +295,31 @@ class EmbeddingStore:
     def _run(self, batch: list[int], keep: bool) -> None:
         """Encode claimed slices now (in this thread), write them to the cache, release them."""
         try:
-            embs = self._encode(*self._prepare(batch))
+            x, input_size, digests = self._prepare(batch)
+            embs = self._encode(x, input_size)
         except BaseException:
             self._release(batch)
             raise
-        self._store(batch, embs, keep)
+        self._store(batch, embs, digests, keep)
 
     def _prepare(self, batch: list[int]):
-        return preprocess(self.model, [self.frames[i] for i in batch], self.sam2_resize)
+        """Read the slices once: the encoder input, input size and (with a disk cache) their pixel digests."""
+        if self._disk is None:
+            frames, digests = [self.frames[i] for i in batch], None
+        else:
+            raws = [self.frames.raw(i) for i in batch]
+            digests = [pixel_digest(r) for r in raws]
+            frames = [self.frames.to_rgb8(r) for r in raws]
+        return (*preprocess(self.model, frames, self.sam2_resize), digests)
 
     def _encode(self, x, input_size) -> list[Embedding]:
-        embs = _forward(self.model, x, self._original_size, input_size)
+        embs = forward(self.model, x, self._original_size, input_size)
         with self._lock:
             self.encoder_calls += 1
             self.encoded_slices += len(embs)
         return embs
 
-    def _store(self, batch: list[int], embs: list[Embedding], keep: bool) -> None:
+    def _store(self, batch: list[int], embs: list[Embedding], digests: list[str] | None, keep: bool) -> None:
         """Write encoded slices to the cache (data, then done markers); keep them in memory if asked."""
         try:
             if self.model.family == "sam2":
@@ -291,15 +328,16 @@ class EmbeddingStore:
                         self._pos = [p.clone() for p in embs[0].vision_pos_enc]
                     for e in embs:
                         e.vision_pos_enc = list(self._pos)
-            disk = self._disk
+            disk = self._disk if digests is not None else None  # (no digests: prepared without a disk)
+            keep = keep or disk is None  # (the disk may have failed in another thread since: keep them)
             if disk is not None:
                 arrays = [self._to_arrays(e) for e in embs]
                 try:
                     with self._io_lock:
                         if not disk.open():
                             self._create(disk, embs[0], arrays[0])
-                        for i, a in zip(batch, arrays):
-                            disk.write(i, a)
+                        for i, a, d in zip(batch, arrays, digests):
+                            disk.write(i, a, d)
                 except OSError as err:  # read-only or full disk: carry on in memory
                     keep = self._fall_back_to_memory(err)
                 else:

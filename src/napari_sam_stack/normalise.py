@@ -14,9 +14,25 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ImageError
+
 DEFAULT_PERCENTILES = (0.5, 99.5)
 _SAMPLE_SLICES = 16
 _SAMPLE_PIXELS = 1 << 18  # per sampled slice
+
+
+def slice_index(index, n: int) -> int:
+    """``index`` as a slice number in ``0..n-1`` (negative counts from the end); ImageError otherwise."""
+    try:
+        i = int(index)
+        whole = bool(i == index)
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise ImageError(f"slice index must be a whole number, got {index!r}")
+    if not -n <= i < n:
+        raise ImageError(f"slice {index} is out of range for {n} slices")
+    return i % n
 
 
 class Frames:
@@ -64,7 +80,7 @@ class Frames:
         self.channel_axis = None if channel_axis is None else int(channel_axis) % ndim
         if ndim != spatial_needed + (self.channel_axis is not None):
             hint = " For a single 2D image pass axis=None." if ndim in (2, 3) and axis is not None else ""
-            raise ValueError(
+            raise ImageError(
                 f"image of shape {tuple(image.shape)} does not fit axis={axis}, fixed={fixed}, "
                 f"channel_axis={channel_axis}: expected {spatial_needed + (self.channel_axis is not None)} dimensions."
                 + hint
@@ -72,15 +88,15 @@ class Frames:
         self.axis = None if axis is None else int(axis) % ndim
         taken = {self.axis, self.channel_axis, *self.fixed} - {None}
         if len(taken) != (self.axis is not None) + (self.channel_axis is not None) + len(self.fixed):
-            raise ValueError("axis, channel_axis and fixed axes must all differ")
+            raise ImageError("axis, channel_axis and fixed axes must all differ")
         for ax, i in self.fixed.items():
             if not 0 <= i < image.shape[ax]:
-                raise ValueError(f"fixed index {i} is out of range for axis {ax} of size {image.shape[ax]}")
+                raise ImageError(f"fixed index {i} is out of range for axis {ax} of size {image.shape[ax]}")
         self.spatial_axes = [a for a in range(ndim) if a not in taken]
         self.channels = self._choose_channels(channel)
         self.dtype = np.dtype(image.dtype)
         if self.dtype.kind not in "biuf":
-            raise TypeError(f"cannot make frames from {self.dtype} data: give bool, integer or float pixels")
+            raise ImageError(f"cannot make frames from {self.dtype} data: give bool, integer or float pixels")
         self.passthrough = self.dtype == np.uint8
         self.contrast_limits = None if self.passthrough else self._limits(contrast_limits, percentiles)
 
@@ -95,7 +111,7 @@ class Frames:
     def _choose_channels(self, channel) -> list[int] | None:
         if self.channel_axis is None:
             if channel is not None:
-                raise ValueError("channel given but the image has no channel axis")
+                raise ImageError("channel given but the image has no channel axis")
             return None
         n = int(self.image.shape[self.channel_axis])
         if channel is None:
@@ -103,21 +119,19 @@ class Frames:
                 return [0]
             if n in (3, 4):
                 return [0, 1, 2]
-            raise ValueError(f"the image has {n} channels: choose one with channel=i, or up to three as channel=[r, g, b]")
+            raise ImageError(f"the image has {n} channels: choose one with channel=i, or up to three as channel=[r, g, b]")
         chans = [int(channel)] if np.isscalar(channel) else [int(c) for c in channel]
         if not 1 <= len(chans) <= 3 or any(not 0 <= c < n for c in chans):
-            raise ValueError(f"channel={channel!r}: give 1 to 3 indices in 0..{n - 1}")
+            raise ImageError(f"channel={channel!r}: give 1 to 3 indices in 0..{n - 1}")
         return chans
 
     # ------------------------------------------------------------------ reading
     def raw(self, index: int) -> np.ndarray:
         """Slice ``index`` as stored: (Y, X) or (Y, X, k) for the chosen channels."""
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"slice {index} is out of range for {n} slices")
+        i = slice_index(index, len(self))
         key: list[Any] = [slice(None)] * len(self.image.shape)
         if self.axis is not None:
-            key[self.axis] = int(index) % n
+            key[self.axis] = i
         for ax, i in self.fixed.items():
             key[ax] = i
         if self.channels is not None:  # a plain slice works for every array type (zarr, h5py, dask)
@@ -171,9 +185,9 @@ class Frames:
         if given is not None:
             arr = np.asarray(given, dtype=np.float64).reshape(-1, 2)
             if arr.shape[0] not in (1, k):
-                raise ValueError(f"contrast_limits: give one (low, high) pair or {k}")
+                raise ImageError(f"contrast_limits: give one (low, high) pair or {k}")
             if not np.isfinite(arr).all() or (arr[:, 1] < arr[:, 0]).any():
-                raise ValueError(f"contrast_limits must be finite (low, high) pairs with low <= high, got {given!r}")
+                raise ImageError(f"contrast_limits must be finite (low, high) pairs with low <= high, got {given!r}")
             arr = np.broadcast_to(arr, (k, 2))
             return arr[:, 0].copy(), arr[:, 1].copy()
         sample = self._sample()
