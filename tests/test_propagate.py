@@ -16,6 +16,7 @@ import torch
 import napari_sam_stack as nss
 from napari_sam_stack.embeddings import preprocess
 from napari_sam_stack.errors import Cancelled, ModelFamilyError, PromptError
+from napari_sam_stack.prompts import make_prompt
 from napari_sam_stack.propagate import Propagation, iter_propagate, memory_reach
 
 N, H, W = 24, 45, 71  # > num_maskmem (3) + max_obj_ptrs_in_encoder (16)
@@ -325,9 +326,11 @@ def test_bad_input(fresh, sam1_model, stack):
         s1.propagate()
     mask = np.zeros((H, W), bool)
     mask[5:9, 5:9] = True
-    fresh.add_prompt(2, 7, points=[[20, 30]], mask=mask)
     with pytest.raises(PromptError, match="either a mask or points"):
-        fresh.propagate()
+        fresh.add_prompt(2, 7, points=[[20, 30]], mask=mask)
+    both = make_prompt((H, W), points=[[20, 30]], mask=mask)  # direct callers are checked too
+    with pytest.raises(PromptError, match="either a mask or points"):
+        list(iter_propagate(fresh.model, fresh.embeddings, {2: {7: both}}))
     with pytest.raises(PromptError, match="no prompts"):
         list(iter_propagate(fresh.model, fresh.embeddings, {}))
 
