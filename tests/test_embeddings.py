@@ -206,6 +206,62 @@ def test_signature_mismatch_recomputes(sam2_model, stack_u8, tmp_path, monkeypat
     assert again.computed() == []
 
 
+REVIEW_SHAPE = (20, 200, 200)
+
+
+@pytest.mark.parametrize("edit", ["unsampled slice zeroed", "2x2 patch"])
+def test_edit_the_sampled_signature_misses_recomputes_exactly_that_slice(sam2_model, tmp_path, edit):
+    stack = np.random.default_rng(3).integers(1, 256, REVIEW_SHAPE, dtype=np.uint8)
+    first = EmbeddingStore(Frames(stack, 0), sam2_model, cache_dir=tmp_path)
+    first.compute(batch_size=4)
+    edited = stack.copy()
+    if edit == "2x2 patch":
+        edited[0, 1:3, 1:3] ^= 0xFF  # off the 64x64 grid and the middle row
+    else:
+        edited[1] = 0  # slice 1 is not among the sampled slices
+    changed = [0] if edit == "2x2 patch" else [1]
+    assert Frames(edited, 0).signature() == Frames(stack, 0).signature()  # the same cache folder...
+    reopened = EmbeddingStore(Frames(edited, 0), sam2_model, cache_dir=tmp_path)
+    assert reopened.path == first.path and reopened.computed() == list(range(REVIEW_SHAPE[0]))
+    clean = EmbeddingStore(Frames(edited, 0), sam2_model, in_memory=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = [reopened.get(i) for i in range(REVIEW_SHAPE[0])]
+    stale = [w for w in caught if issubclass(w.category, StaleCacheWarning)]
+    assert len(stale) == len(caught) == 1 and f"slice {changed[0]} " in str(stale[0].message)
+    assert reopened.encoded_slices == 1  # ...but only the edited slice is encoded again
+    for i, e in enumerate(got):
+        for a, b in zip(e.backbone_fpn, clean.get(i).backbone_fpn):
+            _close(a, b, atol=1e-6)
+    # the cache now holds the edited slice: the original image gets its own slice back, not the edit's
+    back = EmbeddingStore(Frames(stack, 0), sam2_model, cache_dir=tmp_path)
+    with pytest.warns(StaleCacheWarning, match=f"slice {changed[0]} "):
+        e = back.get(changed[0])
+    original = EmbeddingStore(Frames(stack[changed[0]], None), sam2_model, sam2_resize="video", in_memory=True)
+    for a, b in zip(e.backbone_fpn, original.get(0).backbone_fpn):
+        _close(a, b, atol=1e-6)
+    assert back.encoded_slices == 1
+
+
+def test_pixel_digest_and_unreadable_marker(sam2_model, stack_u8, tmp_path):
+    from napari_sam_stack._cache import pixel_digest
+
+    a = np.arange(24, dtype=np.uint16).reshape(4, 6)
+    assert pixel_digest(a) == pixel_digest(np.asfortranarray(a)) == pixel_digest(a.T.copy().T)
+    flipped = a.copy()
+    flipped[3, 5] ^= 1
+    others = [flipped, a.astype(np.int16), a.reshape(6, 4), a.astype(bool), a.astype(np.float16)]
+    assert len({pixel_digest(a), *map(pixel_digest, others)}) == 6
+    store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path)
+    store.compute()
+    (store.path / "done" / "2").write_text("")  # e.g. written by hand: no digest
+    again = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path)
+    with pytest.warns(StaleCacheWarning, match="slice 2 "):
+        again.get(2)
+    assert again.encoded_slices == 1 and (store.path / "done" / "2").read_text() == pixel_digest(stack_u8[2])
+    assert not [p for p in (store.path / "done").iterdir() if not p.name.isdigit()]  # no marker debris
+
+
 def _chunk(store, index, level="fpn_0"):
     files = [p for p in _files(store.path / level / "c") if p.parts[-4] == str(index)]  # c/<slice>/0/0/0
     assert len(files) == 1, files

@@ -313,6 +313,8 @@ def test_signature_tracks_content_and_view(stack_u8):
     changed = stack_u8.copy()
     changed[3, 22, :] ^= 1  # the middle row of a sampled slice
     assert Frames(changed, 0).signature()["content"] != base["content"]
+    # the signature is a sample: edits it does not cover are caught per slice by the embeddings cache
+    # (tests/test_embeddings.py::test_edit_the_sampled_signature_misses_recomputes_exactly_that_slice)
     u16 = stack_u8.astype(np.uint16)
     assert Frames(u16, 0).signature() != Frames(u16, 0, contrast_limits=(0, 100)).signature()
     assert Frames(stack_u8, 1).signature() != base
