@@ -18,16 +18,8 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
-from ._cache import (
-    FORMAT,
-    CorruptCacheWarning,
-    SliceCache,
-    StaleCacheWarning,
-    cache_info,
-    clear_cache,
-    default_root,
-    pixel_digest,
-)
+from ._cache import FORMAT, CorruptCacheWarning, SliceCache, StaleCacheWarning, default_root, pixel_digest
+from ._cache import cache_info, clear_cache
 from ._encoder import Embedding, forward, preprocess
 from .models import LoadedModel
 from .normalise import slice_index
