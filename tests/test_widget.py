@@ -281,3 +281,45 @@ def test_deleted_prompt_layer_comes_back(make_widget, sam2_model, nuclei):
     assert not widget.preview_layer.data.any()
     click(widget, [1, 20, 30])
     np.testing.assert_array_equal(widget.preview_layer.data[1], preview)
+
+
+def test_recommit_with_overwrite_replaces_the_object_exactly(make_widget, sam2_model, nuclei):
+    viewer, widget, _ = make_widget(nuclei[0], sam2_model)
+    existing = np.zeros(nuclei[0].shape, np.uint16)
+    existing[3, 10:13, 10:13] = 5
+    target = viewer.add_labels(existing.copy(), name="labels")
+    widget.target_layer = target
+    target.selected_label = 5
+    viewer.dims.set_current_step(0, 3)
+    widget.edit_label()
+    new = np.zeros(nuclei[0].shape, bool)
+    new[3, 11:14, 11:14] = True  # the refined object overlaps the old one on 2x2 pixels
+    widget.preview_layer.data[...] = new
+    widget.overwrite_check.setChecked(True)
+    widget.commit()
+    np.testing.assert_array_equal(target.data == 5, new)
+    assert set(np.unique(target.data)) == {0, 5}
+    target.undo()  # ONE Ctrl+Z brings the old version back
+    np.testing.assert_array_equal(target.data, existing)
+
+
+def test_closing_the_dock_unbinds_every_key(make_widget, sam2_model, nuclei, qtbot):
+    from qtpy.QtCore import QCoreApplication, QEvent, Qt
+
+    viewer, widget, _ = make_widget(nuclei[0], sam2_model)
+    viewer.dims.set_current_step(0, 1)
+    click(widget, [1, 20, 30])
+    layers = [widget.points_layer, widget.boxes_layer, widget.preview_layer]
+    own = lambda target: [f for f in target.keymap.values() if getattr(f, "__name__", "").startswith("sam_stack_")]  # noqa: E731
+    assert all(own(t) for t in [viewer, *layers])
+    viewer.window.remove_dock_widget(widget)  # what the dock's close button does
+    for target in [viewer, *layers]:
+        assert not own(target), target
+    widget.deleteLater()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    viewer.layers.selection.active = layers[0]
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key.Key_C, Qt.KeyboardModifier.ShiftModifier)
+    assert not any(lay.name == "SAM labels" for lay in viewer.layers)  # no commit, no error
+    n = len(viewer.layers)
+    viewer.add_image(nuclei[0][0], name="another image")  # the closed widget makes no layers
+    assert len(viewer.layers) == n + 1

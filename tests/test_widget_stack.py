@@ -300,3 +300,54 @@ def test_cancelled_model_load_keeps_the_current_model(make_widget, sam2_model, s
     widget.wait()
     assert widget.model is sam2_model
     assert "cancelled" in widget.status_label.text()
+
+
+@pytest.mark.parametrize("action", ["next", "clear", "new session"])
+def test_propagation_never_reaches_another_object(make_widget, sam2_model, action):
+    """Shift-N / Shift-X / a view change mid-run cancel the run; its late results are dropped."""
+    image = synthetic_nuclei(shape=(40, 48, 64), n_nuclei=4, seed=3)[0]
+    viewer, widget, _ = make_widget(image, sam2_model)
+    viewer.dims.set_current_step(0, 20)
+    widget.points_layer.add([20, 24, 30])
+    widget.wait()
+    widget.propagate()
+    seen = []
+
+    def interrupt(item):
+        seen.append(item[0])
+        if len(seen) == 1:
+            {"next": widget.next_object, "clear": widget.clear_object,
+             "new session": lambda: widget.contrast_combo.setCurrentIndex(1)}[action]()
+
+    widget._task.worker.yielded.connect(interrupt)
+    widget.wait()
+    assert 1 <= len(seen) < 40
+    assert widget._task is None
+    preview = widget.preview_layer.data != 0
+    if action == "new session":  # the click is answered again by the new session, on its slice only
+        want = widget.session.predict(20, points=[[24, 30]], point_labels=[1])
+        np.testing.assert_array_equal(preview[20], want.mask)
+        preview[20] = False
+    else:
+        assert widget.obj_id == (2 if action == "next" else 1)
+        assert not widget.session.prompts and "cancelled" in widget.status_label.text()
+    assert not preview.any()
+
+
+def test_an_error_showing_a_propagated_slice_is_a_notification(make_widget, sam2_model, stack, notes, monkeypatch):
+    from napari_sam_stack._widget import _object
+
+    viewer, widget, _ = make_widget(stack, sam2_model)
+    viewer.dims.set_current_step(0, 3)
+    widget.points_layer.add([3, 24, 30])
+    widget.wait()
+
+    def broken(*args, **kw):
+        raise RuntimeError("preview write failed")
+
+    monkeypatch.setattr(_object, "write_preview", broken)
+    widget.propagate()
+    widget.wait()
+    errors = [n for n in notes if n[0] == "error"]
+    assert errors == [("error", "RuntimeError: preview write failed")]  # once, then the run stops
+    assert widget._task is None

@@ -24,10 +24,12 @@ def help_text() -> str:
 
 def _handler(widget, method: str):
     def handle(_target=None):
-        getattr(widget, method)()
+        if not getattr(widget, "_closed", False):
+            getattr(widget, method)()
 
     handle.__name__ = f"sam_stack_{method}"
     handle.__doc__ = dict((m, d) for m, _, d in KEYS)[method]
+    handle.sam_stack_widget = widget
     return handle
 
 
@@ -37,9 +39,9 @@ def bind_keys(widget, target) -> None:
         target.bind_key(key, _handler(widget, method), overwrite=True)
 
 
-def unbind_keys(target) -> None:
+def unbind_keys(widget, target) -> None:
+    """Remove ``widget``'s shortcuts from ``target``; a binding someone else made since stays."""
     for _, key, _ in KEYS:
-        try:
-            target.bind_key(key, None, overwrite=True)
-        except (KeyError, ValueError):
-            pass
+        func = target.bind_key(key, None, overwrite=True)
+        if func is not None and getattr(func, "sam_stack_widget", None) is not widget:
+            target.bind_key(key, func, overwrite=True)

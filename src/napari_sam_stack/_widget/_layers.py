@@ -165,8 +165,9 @@ def commit_object(target, view: SliceView, obj: np.ndarray, obj_id: int, overwri
             "choose a smaller id or a wider labels layer"
         )
     region = np.asarray(target.data[view.region_key()])
-    write = obj if overwrite else obj & ((region == 0) | (region == obj_id))
-    write &= region != obj_id
+    write = obj & (region != obj_id)  # a new array: ``obj`` itself is never modified
+    if not overwrite:
+        write &= region == 0
     clear = (region == obj_id) & ~obj
     n = int(write.sum() + clear.sum())
     if n == 0:

@@ -36,6 +36,11 @@ class ObjectActions:
         self._mask_prompts: dict = {}  # slice -> bool mask (an existing label loaded for refinement)
         self._session_obj = None
         self._prompts_dirty = False
+        self._epoch = getattr(self, "_epoch", 0) + 1  # a new object (or session): older runs' results are dropped
+
+    def _run_tag(self) -> tuple:
+        """What a background result belongs to: the session, the object id and this object's epoch."""
+        return (id(self._session), self.obj_id, self._epoch)
 
     @property
     def obj_id(self) -> int:
@@ -69,10 +74,9 @@ class ObjectActions:
 
     def _request_preview(self, session, i: int) -> None:
         p, mask = self._prompts[i], self._mask_prompts.get(i)
-        multimask = p.box is None and mask is None and p.points is not None and len(p.points) == 1
 
-        def run():
-            return session.predict(i, points=p.points, point_labels=p.labels, box=p.box, mask=mask, multimask=multimask)
+        def run():  # multimask=None: SAM's three candidates for a single click, one mask otherwise
+            return session.predict(i, points=p.points, point_labels=p.labels, box=p.box, mask=mask)
 
         if not session.embeddings.is_computed(i):
             self.set_status(f"slice {i}: encoding it first …")
@@ -82,9 +86,8 @@ class ObjectActions:
         if self._view is None or i not in self._prompts:
             return
         self._candidates[i] = prediction
-        k = int(np.argmax(prediction.scores))
-        write_preview(self.preview_layer, self._view, i, prediction.masks[k])
-        self._show_candidate(i, k)
+        write_preview(self.preview_layer, self._view, i, prediction.mask)
+        self._show_candidate(i, prediction.best)
         self._sync_session_prompts()
 
     def _show_candidate(self, i: int, k: int) -> None:
@@ -123,7 +126,7 @@ class ObjectActions:
         if i in self._choice:
             m = pred.masks[self._choice[i]]
         elif i in self._mask_prompts:
-            m = pred.masks[int(np.argmax(pred.scores))]
+            m = pred.mask
         else:
             return None
         return m if m.any() else None
@@ -148,7 +151,7 @@ class ObjectActions:
         pred = self._candidates.get(i)
         if pred is None or len(pred.masks) < 2:
             raise PromptError("no alternative masks on this slice: they exist for a single click (no box)")
-        k = (self._choice.get(i, int(np.argmax(pred.scores))) + 1) % len(pred.masks)
+        k = (self._choice.get(i, pred.best) + 1) % len(pred.masks)
         self._choice[i] = k
         write_preview(self.preview_layer, self._view, i, pred.masks[k])
         self._show_candidate(i, k)
@@ -156,7 +159,8 @@ class ObjectActions:
 
     @reported
     def clear_object(self) -> None:
-        """Forget the current object's prompts and preview (committed labels stay)."""
+        """Forget the current object's prompts and preview (committed labels stay); stops its propagation."""
+        self._cancel_task("propagate")
         if self.model is not None and self.image_layer is not None:
             _ = self.session  # (re)makes prompt layers the user deleted
         self._predictor.invalidate()
@@ -185,12 +189,18 @@ class ObjectActions:
         self.set_status(f"object {self.obj_id}: click on it")
 
     def _on_obj_changed(self, *_) -> None:
+        self._cancel_task("propagate")  # its results belong to the previous id
         self._sync_session_prompts()
 
     # ------------------------------------------------------------------ propagation
     @reported
     def propagate(self) -> None:
-        """Propagate the current object over the slice range (both directions), in the background."""
+        """Propagate the current object over the slice range, in the background.
+
+        Results reach the preview only while the same session and object are current:
+        clearing the object, the next object or a new session cancel the run, and its
+        late results are dropped.
+        """
         s = self.session
         if s.model.family != "sam2":
             raise ModelFamilyError("propagation needs a SAM 2 model (e.g. 'sam2.1_hiera_tiny'): SAM 1 segments one slice at a time")
@@ -201,26 +211,35 @@ class ObjectActions:
         if obj not in s.prompts:
             raise PromptError("nothing to propagate: click on the object (or draw a box) first")
         start, stop = self.start_spin.value(), self.stop_spin.value()
+        tag, view, preview = self._run_tag(), self._view, self.preview_layer
         reached: set[int] = set()
+        task = None
+        frames = s.iter_propagate(cancel=lambda: task is not None and task.is_cancelled(), start=start, stop=stop,
+                                  obj_ids=[obj])
 
-        def run(task):
-            for index, logits in s.iter_propagate(cancel=task.is_cancelled, start=start, stop=stop, obj_ids=[obj]):
+        def run(_task):
+            for index, logits in frames:
                 yield index, logits.get(obj)
 
+        def current() -> bool:
+            return self._task is task and self._run_tag() == tag
+
         def on_yield(item):
+            if not current():
+                return  # a late result of a run for another object or session
             index, logits = item
             reached.add(index)
-            write_preview(self.preview_layer, self._view, index, None if logits is None else np.asarray(logits) > 0)
+            write_preview(preview, view, index, None if logits is None else np.asarray(logits) > 0)
             task.set_progress(len(reached))
 
         def on_done(result, cancelled):
             if cancelled or isinstance(result, Failed) and isinstance(result.error, Cancelled):
-                self.set_status(f"propagation cancelled after {len(reached)} slice(s): labels layer untouched")
+                self.set_status(f"propagation of object {obj} cancelled after {len(reached)} slice(s): labels layer untouched")
             elif isinstance(result, Failed):
                 self.report(result.error)
-            else:
+            elif self._run_tag() == tag:
                 for i in set(range(start, stop + 1)) - reached:
-                    write_preview(self.preview_layer, self._view, i, None)
+                    write_preview(preview, view, i, None)
                 self.set_status(f"propagated over {len(reached)} slice(s) ({start}..{stop}): check, fix, commit (Shift-C)")
             if self._prompts_dirty:
                 self._sync_session_prompts()

@@ -29,15 +29,25 @@ def notify(error: BaseException) -> None:
         show_error(f"{type(error).__name__}: {error}")
 
 
+def reporting(fn, report):
+    """``fn`` with any exception passed to ``report`` instead of propagating into Qt (callbacks)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            report(e)
+            return None
+
+    return run
+
+
 def reported(fn):
     """Method decorator: any exception goes to ``self.report`` instead of propagating into Qt."""
 
     @functools.wraps(fn)
     def run(self, *args, **kwargs):
-        try:
-            return fn(self, *args, **kwargs)
-        except Exception as e:
-            self.report(e)
-            return None
+        return reporting(fn, self.report)(self, *args, **kwargs)
 
     return run

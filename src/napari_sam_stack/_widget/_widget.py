@@ -6,6 +6,8 @@ background, then click. ``widget.session`` is the same object the console can sc
 
 from __future__ import annotations
 
+from qtpy.QtCore import QEvent
+
 from ..errors import Cancelled
 from ..models import available_models
 from ._compat import guard_llvm_clash
@@ -13,7 +15,7 @@ from ._controls import LOCAL, Controls
 from ._keys import bind_keys, unbind_keys
 from ._layers import POSITIVE, fits, make_boxes_layer, make_points_layer, make_preview_layer, next_free_id
 from ._object import ObjectActions
-from ._report import UserError, notify, reported
+from ._report import UserError, notify, reported, reporting
 from ._view import SliceView, make_view, nonspatial_axes
 from ._workers import Failed, LatestOnly, Task
 
@@ -27,6 +29,7 @@ class SamStackWidget(ObjectActions, Controls):
         super().__init__(parent)
         guard_llvm_clash()
         self.viewer = napari_viewer
+        self._closed = False
         self.model = None
         self._session = None
         self._session_key = None
@@ -231,6 +234,7 @@ class SamStackWidget(ObjectActions, Controls):
             raise UserError("no model: load one first (Model → Load model)")
         key = (view.key(), id(self.model))
         if self._session is None or key != self._session_key:
+            self._cancel_task("propagate", "embeddings")  # they work on the old session
             self._predictor.invalidate()
             new_image = self._view is None or self._view.layer is not view.layer
             self._session = Session(view.data, self.model, **view.session_kwargs())
@@ -299,15 +303,31 @@ class SamStackWidget(ObjectActions, Controls):
             if on_done is not None:
                 on_done(result, cancelled)
 
+        def yielded(item):  # an error showing a result is reported once and stops the run
+            if task.is_cancelled():
+                return  # queued before the cancel
+            try:
+                on_yield(item)
+            except Exception as e:
+                self.report(e)
+                task.cancel()
+
         self._task_kind = kind
         self.cancel_button.setEnabled(True)
-        self._task = Task(fn, desc=desc, total=total, generator=generator, on_yield=on_yield,
-                          on_done=done, on_cancel=lambda r: done(r, True))
-        return self._task
+        task = self._task = Task(fn, desc=desc, total=total, generator=generator,
+                                 on_yield=None if on_yield is None else yielded,
+                                 on_done=reporting(done, self.report),
+                                 on_cancel=reporting(lambda r: done(r, True), self.report))
+        return task
 
     def cancel(self) -> None:
         """Stop the running background task (embeddings or propagation); committed labels are untouched."""
         if self._task is not None:
+            self._task.cancel()
+
+    def _cancel_task(self, *kinds: str) -> None:
+        """Cancel the running task if it is one of ``kinds``."""
+        if self._task is not None and self._task_kind in kinds:
             self._task.cancel()
 
     @reported
@@ -316,7 +336,7 @@ class SamStackWidget(ObjectActions, Controls):
         s = self.session
 
         def run(task):
-            s.compute_embeddings(progress=task.progress, cancel=task.is_cancelled)
+            return s.compute_embeddings(progress=task.progress, cancel=task.is_cancelled)
 
         self.set_status(f"computing embeddings of {len(s)} slice(s) …")
         self._start_task("embeddings", run, desc="SAM embeddings", total=len(s), on_done=self._embeddings_done)
@@ -325,6 +345,7 @@ class SamStackWidget(ObjectActions, Controls):
         if isinstance(result, Failed) and not isinstance(result.error, Cancelled):
             self.report(result.error)
             return
+        cancelled = cancelled or result is False  # Session.compute_embeddings: False when it stopped early
         s = self._session
         n = sum(s.embeddings.is_computed(i) for i in range(len(s))) if s is not None else 0
         self.set_status(f"embeddings {'cancelled' if cancelled else 'done'}: {n}/{len(s) if s else 0} slices encoded")
@@ -341,8 +362,31 @@ class SamStackWidget(ObjectActions, Controls):
         if self.busy:
             raise TimeoutError(f"background work still running after {timeout_ms} ms")
 
-    def closeEvent(self, event) -> None:
+    # ------------------------------------------------------------------ closing
+    def release(self) -> None:
+        """Stop background work and remove this widget's shortcuts from the viewer and the layers."""
+        self._closed = True
         self.cancel()
         self._predictor.invalidate()
-        unbind_keys(self.viewer)
+        ev = self.viewer.layers.events
+        for e in (ev.inserted, ev.removed, ev.reordered):
+            e.disconnect(self._refresh_layer_choices)
+        for layer in (self.points_layer, self.boxes_layer):
+            if layer is not None:
+                layer.events.data.disconnect(self._on_prompt_data)
+                layer.events.features.disconnect(self._on_prompt_data)
+        for target in (self.viewer, self.points_layer, self.boxes_layer, self.preview_layer):
+            if target is not None:
+                unbind_keys(self, target)
+
+    def event(self, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange:  # napari's dock close button un-parents the widget
+            if self.parent() is not None:
+                self._docked = True
+            elif getattr(self, "_docked", False):
+                self.release()
+        return super().event(event)
+
+    def closeEvent(self, event) -> None:
+        self.release()
         super().closeEvent(event)
