@@ -207,7 +207,7 @@ def test_multichannel_channel_selection():
     for k, c in enumerate([0, 2, 4]):
         lo, hi = np.percentile(vol[..., c].astype(np.float64), (0.5, 99.5))
         np.testing.assert_array_equal(three[3][..., k], _expected(vol[3, ..., c], lo, hi))
-    for bad in ([0, 1, 2, 3], [7], []):
+    for bad in ([0, 1, 2, 3], [7], [], "red", [None]):
         with pytest.raises(ImageError):
             Frames(vol, 0, channel=bad)
     with pytest.raises(ImageError, match="no channel axis"):

@@ -120,7 +120,10 @@ class Frames:
             if n in (3, 4):
                 return [0, 1, 2]
             raise ImageError(f"the image has {n} channels: choose one with channel=i, or up to three as channel=[r, g, b]")
-        chans = [int(channel)] if np.isscalar(channel) else [int(c) for c in channel]
+        try:
+            chans = [int(channel)] if np.isscalar(channel) else [int(c) for c in channel]
+        except (TypeError, ValueError):
+            chans = []
         if not 1 <= len(chans) <= 3 or any(not 0 <= c < n for c in chans):
             raise ImageError(f"channel={channel!r}: give 1 to 3 indices in 0..{n - 1}")
         return chans
