@@ -225,7 +225,19 @@ def build_sam2(sd: dict[str, Any], config: str | Path, overrides: list[str] | No
     except Exception as e:  # hydra wraps everything in its own errors
         raise CheckpointError(f"SAM 2 config {path} could not build a model: {e}") from e
     _load_strict(model, sd, source, hint=f"Is {path.name} the config that belongs to this checkpoint?")
+    if getattr(model, "fill_hole_area", 0) > 0 and not _has_sam2_extension():
+        # Hole filling needs sam2's compiled extension; without it sam2 skips the step and
+        # warns on every frame. Switching it off gives the same numbers, without the noise.
+        model.fill_hole_area = 0
     return model.eval()
+
+
+def _has_sam2_extension() -> bool:
+    try:
+        from sam2 import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _load_strict(module, sd: dict[str, Any], source: Any, hint: str = "") -> None:
