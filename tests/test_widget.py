@@ -323,3 +323,31 @@ def test_closing_the_dock_unbinds_every_key(make_widget, sam2_model, nuclei, qtb
     n = len(viewer.layers)
     viewer.add_image(nuclei[0][0], name="another image")  # the closed widget makes no layers
     assert len(viewer.layers) == n + 1
+
+
+def test_session_is_built_off_the_main_thread(make_widget, sam2_model, nuclei, monkeypatch):
+    """Building a session reads slices (percentiles, cache signature): never on the GUI thread."""
+    import threading
+
+    from napari_sam_stack.session import Session
+
+    on_main = []
+    original = Session.__init__
+
+    def init(self, *args, **kw):
+        on_main.append(threading.current_thread() is threading.main_thread())
+        original(self, *args, **kw)
+
+    monkeypatch.setattr(Session, "__init__", init)
+    viewer, widget, _ = make_widget(nuclei[0], sam2_model)
+    viewer.dims.set_current_step(0, 3)
+    widget.points_layer.add([3, 20, 30])  # clicked while the session may still be in the making
+    widget.wait()
+    widget.contrast_combo.setCurrentIndex(1)  # the layer's contrast limits: a new session
+    assert widget.points_layer.data.shape == (1, 3)  # the prompt stays while the session is built
+    widget.wait()
+    assert on_main == [False, False]
+    assert widget.view.contrast == "layer"
+    want, _ = expected(widget, 3, points=[[20, 30]], point_labels=[1])
+    np.testing.assert_array_equal(widget.preview_layer.data[3] != 0, want)
+    assert on_main == [False, False]  # the console's widget.session is the one already built

@@ -57,7 +57,9 @@ class ObjectActions:
     def _prompts_changed(self) -> None:
         if self.model is None or self.image_layer is None:
             return
-        session = self.session
+        session = self._current_session(block=False)
+        if session is None:
+            return  # built in the background: these prompts are answered when it arrives
         view = self._view
         prompts = read_prompts(view, self.points_layer, self.boxes_layer)
         sigs = {i: p.signature() for i, p in prompts.items()}
@@ -162,7 +164,7 @@ class ObjectActions:
         """Forget the current object's prompts and preview (committed labels stay); stops its propagation."""
         self._cancel_task("propagate")
         if self.model is not None and self.image_layer is not None:
-            _ = self.session  # (re)makes prompt layers the user deleted
+            self._current_session(block=False)  # (re)makes prompt layers the user deleted
         self._predictor.invalidate()
         for layer in (self.points_layer, self.boxes_layer):
             if layer is not None and len(layer.data):

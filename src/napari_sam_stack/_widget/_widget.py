@@ -12,17 +12,18 @@ from ..errors import Cancelled
 from ..models import available_models
 from ._compat import guard_llvm_clash
 from ._controls import LOCAL, Controls
+from ._current import CurrentView
 from ._keys import bind_keys, unbind_keys
-from ._layers import POSITIVE, fits, make_boxes_layer, make_points_layer, make_preview_layer, next_free_id
+from ._layers import POSITIVE
 from ._object import ObjectActions
 from ._report import UserError, notify, reported, reporting
-from ._view import SliceView, make_view, nonspatial_axes
+from ._view import nonspatial_axes
 from ._workers import Failed, LatestOnly, Task
 
 DEFAULT_MODEL = "sam2.1_hiera_tiny"
 
 
-class SamStackWidget(ObjectActions, Controls):
+class SamStackWidget(CurrentView, ObjectActions, Controls):
     """Segment Anything on stacks: click, preview, propagate, commit."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -31,11 +32,7 @@ class SamStackWidget(ObjectActions, Controls):
         self.viewer = napari_viewer
         self._closed = False
         self.model = None
-        self._session = None
-        self._session_key = None
-        self._view: SliceView | None = None
-        self.points_layer = self.boxes_layer = self.preview_layer = None
-        self._layers_image = None  # the image layer the prompt layers were made for
+        self._init_current()
         self._task: Task | None = None
         self._task_kind = ""
         self._predictor = LatestOnly(self._on_prediction, self.report)
@@ -210,88 +207,11 @@ class SamStackWidget(ObjectActions, Controls):
         if self.image_layer is not None:
             self._prompts_changed()
 
-    # ------------------------------------------------------------------ session
-    def current_view(self) -> SliceView:
-        layer = self.image_layer
-        if layer is None:
-            raise UserError("no image layer: open an image first")
-        contrast = "layer" if self.contrast_combo.currentIndex() == 1 else "auto"
-        return make_view(layer, self.axis_combo.currentData(), self.viewer.dims.point,
-                         channel=self.channel_combo.currentData(), contrast=contrast)
-
-    @property
-    def session(self):
-        """The :class:`~napari_sam_stack.Session` for the chosen layer, axis and model.
-
-        Rebuilt (embeddings and prompts start afresh) when the layer, axis, channel,
-        model, or, for 4D data, the fixed index of the other axis changes.
-        """
-        from ..session import Session
-
-        guard_llvm_clash()  # before any lazy torchvision/torch._dynamo import in a worker
-        view = self.current_view()
-        if self.model is None:
-            raise UserError("no model: load one first (Model → Load model)")
-        key = (view.key(), id(self.model))
-        if self._session is None or key != self._session_key:
-            self._cancel_task("propagate", "embeddings")  # they work on the old session
-            self._predictor.invalidate()
-            new_image = self._view is None or self._view.layer is not view.layer
-            self._session = Session(view.data, self.model, **view.session_kwargs())
-            self._session_key, self._view = key, view
-            self._reset_object_state()
-            self._ensure_layers(view)
-            if new_image:
-                target = self.target_layer
-                self.obj_spin.setValue(next_free_id(target) if fits(target, view) else 1)
-        elif any(lay not in self.viewer.layers for lay in (self.points_layer, self.boxes_layer, self.preview_layer)):
-            self._ensure_layers(view, clear_preview=False)  # the user deleted one: bring it back
-        return self._session
-
-    @property
-    def view(self) -> SliceView | None:
-        return self._view
-
-    def current_index(self) -> int:
-        """Session slice index the viewer shows."""
-        return self._view.index_at(self.viewer.dims.point)
-
-    def _ensure_layers(self, view: SliceView, clear_preview: bool = True) -> None:
-        """Prompt and preview layers matching the view; those made for another image are replaced."""
-        layers = self.viewer.layers
-        fresh = False
-        same_image = self._layers_image is view.layer
-        for name in ("points_layer", "boxes_layer", "preview_layer"):
-            old = getattr(self, name)
-            if old in layers and not (same_image and fits(old, view, geometry=True, grid=name == "preview_layer")):
-                layers.remove(old)
-        self._layers_image = view.layer
-        if self.points_layer not in layers:
-            self.points_layer = make_points_layer(self.viewer, view)
-            self.points_layer.events.data.connect(self._on_prompt_data)
-            self.points_layer.events.features.connect(self._on_prompt_data)
-            bind_keys(self, self.points_layer)
-            fresh = True
-        if self.boxes_layer not in layers:
-            self.boxes_layer = make_boxes_layer(self.viewer, view)
-            self.boxes_layer.events.data.connect(self._on_prompt_data)
-            bind_keys(self, self.boxes_layer)
-            fresh = True
-        if self.preview_layer not in layers:
-            self.preview_layer = make_preview_layer(self.viewer, view)
-            bind_keys(self, self.preview_layer)
-        elif clear_preview:
-            self.preview_layer.data[...] = 0
-            self.preview_layer.refresh()
-        if fresh:
-            self.viewer.layers.selection.active = self.points_layer
-        self._refresh_layer_choices()
-
     # ------------------------------------------------------------------ long tasks
     @property
     def busy(self) -> bool:
-        """True while a background task or a preview request runs."""
-        return self._task is not None or self._predictor.busy
+        """True while a background task, a session build or a preview request runs."""
+        return self._task is not None or self._predictor.busy or bool(self._builders)
 
     def _start_task(self, kind: str, fn, *, desc: str, total: int = 0, generator=False, on_yield=None, on_done=None):
         if self._task is not None:

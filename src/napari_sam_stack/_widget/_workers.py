@@ -22,7 +22,7 @@ class Failed:
     error: BaseException
 
 
-def _guarded(fn: Callable[[], Any]) -> Callable[[], Any]:
+def guarded(fn: Callable[[], Any]) -> Callable[[], Any]:
     def run():
         try:
             return fn()
@@ -69,7 +69,7 @@ class Task:
         self._on_done, self._on_cancel = on_done, on_cancel
         self.result: Any = None
         self.done = False
-        wrapped = _guarded_gen(lambda: fn(self)) if generator else _guarded(lambda: fn(self))
+        wrapped = _guarded_gen(lambda: fn(self)) if generator else guarded(lambda: fn(self))
         self.worker = create_worker(wrapped, _start_thread=False)
         if on_yield is not None:
             self.worker.yielded.connect(on_yield)
@@ -148,7 +148,7 @@ class LatestOnly:
             return
         key = next(iter(self._pending))
         seq, fn = self._pending.pop(key)
-        worker = create_worker(_guarded(fn), _start_thread=False)
+        worker = create_worker(guarded(fn), _start_thread=False)
         worker.returned.connect(lambda result: self._returned(key, seq, result))
         worker.finished.connect(self._finished)
         self._worker = worker

@@ -1,0 +1,153 @@
+"""The session and the prompt/preview layers for the view the widget shows.
+
+A mixin of :class:`~napari_sam_stack._widget._widget.SamStackWidget`. A new view
+(layer, axis, channel, contrast, model, or the fixed index of another axis) gets fresh
+layers at once and its :class:`~napari_sam_stack.Session` is built in a worker thread:
+building one reads slices (contrast percentiles, the cache signature), which for a big
+dask/zarr stack must not freeze the window. The prompts are answered when it arrives.
+"""
+
+from __future__ import annotations
+
+from ._compat import guard_llvm_clash
+from ._keys import bind_keys
+from ._layers import fits, make_boxes_layer, make_points_layer, make_preview_layer, next_free_id
+from ._report import UserError
+from ._view import SliceView, make_view
+from ._workers import Failed, guarded
+
+
+class CurrentView:
+    """Which session and layers belong to the view now chosen."""
+
+    def _init_current(self) -> None:
+        self._session = None
+        self._session_key = None
+        self._building_key = None  # the view whose session a worker is building
+        self._builders: set = set()
+        self._view: SliceView | None = None
+        self.points_layer = self.boxes_layer = self.preview_layer = None
+        self._layers_image = None  # the image layer the prompt layers were made for
+
+    def current_view(self) -> SliceView:
+        layer = self.image_layer
+        if layer is None:
+            raise UserError("no image layer: open an image first")
+        contrast = "layer" if self.contrast_combo.currentIndex() == 1 else "auto"
+        return make_view(layer, self.axis_combo.currentData(), self.viewer.dims.point,
+                         channel=self.channel_combo.currentData(), contrast=contrast)
+
+    @property
+    def session(self):
+        """The :class:`~napari_sam_stack.Session` for the chosen layer, axis and model.
+
+        Rebuilt (embeddings and prompts start afresh) when the layer, axis, channel,
+        contrast, model, or, for 4D data, the fixed index of the other axis changes.
+        The widget builds it in the background; asking for it here waits for nothing
+        and builds it at once if needed (console, scripts).
+        """
+        return self._current_session(block=True)
+
+    def _current_session(self, block: bool):
+        """The session of the current view; with ``block=False``, ``None`` while it is built."""
+        guard_llvm_clash()  # before any lazy torchvision/torch._dynamo import in a worker
+        view = self.current_view()
+        if self.model is None:
+            raise UserError("no model: load one first (Model → Load model)")
+        key = (view.key(), id(self.model))
+        if self._session is not None and key == self._session_key:
+            if any(lay not in self.viewer.layers for lay in (self.points_layer, self.boxes_layer, self.preview_layer)):
+                self._ensure_layers(view, clear_preview=False)  # the user deleted one: bring it back
+            return self._session
+        if key != self._building_key:
+            self._switch_view(view, key)
+            if not block:
+                self._build_in_background(view, key)
+        if not block:
+            return None
+        from ..session import Session
+
+        self._session = Session(view.data, self.model, **view.session_kwargs())
+        self._session_key, self._building_key = key, None  # a background build for it is dropped
+        return self._session
+
+    def _switch_view(self, view: SliceView, key) -> None:
+        """Forget the old session's work and object; layers that fit the new view."""
+        self._cancel_task("propagate", "embeddings")  # they work on the old session
+        self._predictor.invalidate()
+        new_image = self._view is None or self._view.layer is not view.layer
+        self._session = self._session_key = None
+        self._building_key, self._view = key, view
+        self._reset_object_state()
+        self._ensure_layers(view)
+        if new_image:
+            target = self.target_layer
+            self.obj_spin.setValue(next_free_id(target) if fits(target, view) else 1)
+
+    def _build_in_background(self, view: SliceView, key) -> None:
+        from napari.qt.threading import create_worker
+
+        from ..session import Session
+
+        data, model, kw = view.data, self.model, view.session_kwargs()
+        worker = create_worker(guarded(lambda: Session(data, model, **kw)), _start_thread=False)
+        worker.returned.connect(lambda result: self._session_built(key, result))
+        worker.finished.connect(lambda: self._builders.discard(worker))
+        self._builders.add(worker)
+        self.set_status("preparing the image …")
+        worker.start()
+
+    def _session_built(self, key, result) -> None:
+        if self._closed:
+            return
+        if key == self._session_key:  # built at once meanwhile (an action, the console): use that one
+            self._prompts_changed()
+            return
+        if key != self._building_key:
+            return  # the view changed again meanwhile
+        self._building_key = None
+        if isinstance(result, Failed):
+            self.report(result.error)
+            return
+        self._session, self._session_key = result, key
+        self.set_status("ready: click on the object (Points layer 'SAM points')")
+        self._prompts_changed()  # answer the prompts already there
+
+    @property
+    def view(self) -> SliceView | None:
+        return self._view
+
+    def current_index(self) -> int:
+        """Session slice index the viewer shows."""
+        return self._view.index_at(self.viewer.dims.point)
+
+    def _ensure_layers(self, view: SliceView, clear_preview: bool = True) -> None:
+        """Prompt and preview layers matching the view; those made for another image are replaced."""
+        layers = self.viewer.layers
+        fresh = False
+        same_image = self._layers_image is view.layer
+        for name in ("points_layer", "boxes_layer", "preview_layer"):
+            old = getattr(self, name)
+            if old in layers and not (same_image and fits(old, view, geometry=True, grid=name == "preview_layer")):
+                layers.remove(old)
+        self._layers_image = view.layer
+        if self.points_layer not in layers:
+            self.points_layer = make_points_layer(self.viewer, view)
+            self.points_layer.events.data.connect(self._on_prompt_data)
+            self.points_layer.events.features.connect(self._on_prompt_data)
+            bind_keys(self, self.points_layer)
+            fresh = True
+        if self.boxes_layer not in layers:
+            self.boxes_layer = make_boxes_layer(self.viewer, view)
+            self.boxes_layer.events.data.connect(self._on_prompt_data)
+            bind_keys(self, self.boxes_layer)
+            fresh = True
+        if self.preview_layer not in layers:
+            self.preview_layer = make_preview_layer(self.viewer, view)
+            bind_keys(self, self.preview_layer)
+        elif clear_preview:
+            self.preview_layer.data[...] = 0
+            self.preview_layer.refresh()
+        if fresh:
+            self.viewer.layers.selection.active = self.points_layer
+        self._refresh_layer_choices()
