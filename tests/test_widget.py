@@ -345,9 +345,11 @@ def test_session_is_built_off_the_main_thread(make_widget, sam2_model, nuclei, m
     widget.wait()
     widget.contrast_combo.setCurrentIndex(1)  # the layer's contrast limits: a new session
     assert widget.points_layer.data.shape == (1, 3)  # the prompt stays while the session is built
+    widget.compute_embeddings()  # asked for before the session is there: the task waits for it
     widget.wait()
     assert on_main == [False, False]
     assert widget.view.contrast == "layer"
+    assert all(widget.session.embeddings.is_computed(i) for i in range(6))
     want, _ = expected(widget, 3, points=[[20, 30]], point_labels=[1])
     np.testing.assert_array_equal(widget.preview_layer.data[3] != 0, want)
     assert on_main == [False, False]  # the console's widget.session is the one already built

@@ -9,6 +9,8 @@ dask/zarr stack must not freeze the window. The prompts are answered when it arr
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 from ._compat import guard_llvm_clash
 from ._keys import bind_keys
 from ._layers import fits, make_boxes_layer, make_points_layer, make_preview_layer, next_free_id
@@ -25,6 +27,7 @@ class CurrentView:
         self._session_key = None
         self._building_key = None  # the view whose session a worker is building
         self._builders: set = set()
+        self._building: Future | None = None  # the session of _building_key, for a task to wait on
         self._view: SliceView | None = None
         self.points_layer = self.boxes_layer = self.preview_layer = None
         self._layers_image = None  # the image layer the prompt layers were made for
@@ -43,8 +46,8 @@ class CurrentView:
 
         Rebuilt (embeddings and prompts start afresh) when the layer, axis, channel,
         contrast, model, or, for 4D data, the fixed index of the other axis changes.
-        The widget builds it in the background; asking for it here waits for nothing
-        and builds it at once if needed (console, scripts).
+        The widget builds it in the background; asking for it here returns it at once,
+        waiting for that build or building it if needed (console, scripts, actions).
         """
         return self._current_session(block=True)
 
@@ -67,8 +70,9 @@ class CurrentView:
             return None
         from ..session import Session
 
-        self._session = Session(view.data, self.model, **view.session_kwargs())
-        self._session_key, self._building_key = key, None  # a background build for it is dropped
+        pending = self._building  # a worker is making it: wait for that one (the one tasks use)
+        self._session = pending.result() if pending is not None else Session(view.data, self.model, **view.session_kwargs())
+        self._session_key, self._building_key = key, None
         return self._session
 
     def _switch_view(self, view: SliceView, key) -> None:
@@ -76,7 +80,7 @@ class CurrentView:
         self._cancel_task("propagate", "embeddings")  # they work on the old session
         self._predictor.invalidate()
         new_image = self._view is None or self._view.layer is not view.layer
-        self._session = self._session_key = None
+        self._session = self._session_key = self._building = None
         self._building_key, self._view = key, view
         self._reset_object_state()
         self._ensure_layers(view)
@@ -90,7 +94,16 @@ class CurrentView:
         from ..session import Session
 
         data, model, kw = view.data, self.model, view.session_kwargs()
-        worker = create_worker(guarded(lambda: Session(data, model, **kw)), _start_thread=False)
+        future = self._building = Future()
+
+        def build():
+            try:
+                future.set_result(Session(data, model, **kw))
+            except Exception as e:
+                future.set_exception(e)
+            return future.result()
+
+        worker = create_worker(guarded(build), _start_thread=False)
         worker.returned.connect(lambda result: self._session_built(key, result))
         worker.finished.connect(lambda: self._builders.discard(worker))
         self._builders.add(worker)
@@ -98,20 +111,25 @@ class CurrentView:
         worker.start()
 
     def _session_built(self, key, result) -> None:
-        if self._closed:
+        if not self._alive():
             return
-        if key == self._session_key:  # built at once meanwhile (an action, the console): use that one
-            self._prompts_changed()
-            return
-        if key != self._building_key:
-            return  # the view changed again meanwhile
-        self._building_key = None
-        if isinstance(result, Failed):
-            self.report(result.error)
-            return
-        self._session, self._session_key = result, key
-        self.set_status("ready: click on the object (Points layer 'SAM points')")
+        if key != self._session_key:  # else it was built at once meanwhile (an action, the console): use that one
+            if key != self._building_key:
+                return  # the view changed again meanwhile
+            self._building_key = None
+            if isinstance(result, Failed):
+                self.report(result.error)
+                return
+            self._session, self._session_key = result, key
+            self.set_status("ready: click on the object (Points layer 'SAM points')")
         self._prompts_changed()  # answer the prompts already there
+
+    def _alive(self) -> bool:
+        """False once the widget is closed or its Qt object deleted (a worker may finish after that)."""
+        try:
+            return not self._closed and self.objectName() is not None
+        except RuntimeError:
+            return False
 
     @property
     def view(self) -> SliceView | None:

@@ -253,13 +253,18 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
     @reported
     def compute_embeddings(self) -> None:
         """Encode every slice in the background (progress bar, Cancel); clicks stay answered meanwhile."""
-        s = self.session
+        if self._task is not None:
+            raise UserError(f"{self._task_kind} is running: wait for it or press Cancel")
+        s = self._current_session(block=False)
+        building = self._building if s is None else None  # the session a worker is making
 
         def run(task):
-            return s.compute_embeddings(progress=task.progress, cancel=task.is_cancelled)
+            session = s if building is None else building.result()
+            return session.compute_embeddings(progress=task.progress, cancel=task.is_cancelled)
 
-        self.set_status(f"computing embeddings of {len(s)} slice(s) …")
-        self._start_task("embeddings", run, desc="SAM embeddings", total=len(s), on_done=self._embeddings_done)
+        n = len(self._view)
+        self.set_status(f"computing embeddings of {n} slice(s) …")
+        self._start_task("embeddings", run, desc="SAM embeddings", total=n, on_done=self._embeddings_done)
 
     def _embeddings_done(self, result, cancelled) -> None:
         if isinstance(result, Failed) and not isinstance(result.error, Cancelled):
