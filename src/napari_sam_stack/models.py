@@ -177,7 +177,9 @@ def download_checkpoint(name: str, *, progress: bool = True) -> Path:
     known = f"sha256:{spec.sha256}" if spec.sha256 else None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        path = pooch.retrieve(spec.url, known_hash=known, fname=spec.filename, path=folder, progressbar=progress)
+        # connect/read timeouts: a silently dropped network fails with a message instead of hanging
+        downloader = pooch.HTTPDownloader(progressbar=progress, timeout=(15, 120))
+        path = pooch.retrieve(spec.url, known_hash=known, fname=spec.filename, path=folder, downloader=downloader)
     except ValueError as e:
         if "hash" in str(e).lower():
             raise HashMismatchError(
