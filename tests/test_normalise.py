@@ -318,3 +318,25 @@ def test_signature_tracks_content_and_view(stack_u8):
     u16 = stack_u8.astype(np.uint16)
     assert Frames(u16, 0).signature() != Frames(u16, 0, contrast_limits=(0, 100)).signature()
     assert Frames(stack_u8, 1).signature() != base
+
+
+def test_axes_out_of_range_are_errors_not_wrapped():
+    img = np.zeros((4, 10, 12), np.uint16)
+    for bad in (3, -4, 5):
+        with pytest.raises(ImageError, match="does not exist"):
+            Frames(img, axis=bad)
+    assert Frames(img, axis=-3).axis == 0
+    with pytest.raises(ImageError, match="does not exist"):
+        Frames(np.zeros((2, 3, 10, 12), np.uint16), axis=0, fixed={7: 0})
+
+
+def test_four_channels_are_rgba_only_for_uint8():
+    assert Frames(np.zeros((2, 8, 9, 4), np.uint8), axis=0).channels == [0, 1, 2]
+    with pytest.raises(ImageError, match="4 channels"):
+        Frames(np.zeros((2, 8, 9, 4), np.uint16), axis=0)
+    assert Frames(np.zeros((2, 8, 9, 4), np.uint16), axis=0, channel=3).channels == [3]
+
+
+def test_stack_passed_as_2d_gets_a_hint():
+    with pytest.raises(ImageError, match="stack of slices.*axis=0"):
+        Frames(np.zeros((31, 61, 57), np.uint16), axis=None)

@@ -35,6 +35,17 @@ def slice_index(index, n: int) -> int:
     return i % n
 
 
+def _axis(axis, ndim: int, what: str) -> int:
+    """An axis number in -ndim..ndim-1, normalised; anything else is an ImageError (never wrapped)."""
+    try:
+        a = int(axis)
+    except (TypeError, ValueError):
+        raise ImageError(f"{what}={axis!r} is not an axis number") from None
+    if a != axis or not -ndim <= a < ndim:
+        raise ImageError(f"{what}={axis!r} does not exist: the image has {ndim} dimensions (0..{ndim - 1})")
+    return a % ndim
+
+
 class Frames:
     """A read-only view of an image as a sequence of uint8 ``(Y, X, 3)`` frames.
 
@@ -47,7 +58,7 @@ class Frames:
     channel_axis : axis of channels, or ``None`` for grey. Default: the last axis
         when the array has one more dimension than (slices, Y, X) needs.
     channel : channel index, or up to three indices mapped to R, G, B (default: grey
-        replicated; 3 channels as RGB; a 4th channel, alpha, dropped).
+        replicated; 3 channels as RGB; a 4th channel of uint8 data, alpha, dropped; other 4-channel data needs ``channel``).
     contrast_limits : ``(low, high)`` for non-uint8 data, one pair or one per channel
         (ignored for uint8, which always passes through unchanged).
     percentiles : used when ``contrast_limits`` is not given: the limits are these
@@ -73,11 +84,11 @@ class Frames:
             image = np.asarray(image)
         self.image = image
         ndim = len(image.shape)
-        self.fixed = {int(k) % ndim: int(v) for k, v in (fixed or {}).items()}
+        self.fixed = {_axis(k, ndim, "fixed axis"): int(v) for k, v in (fixed or {}).items()}
         spatial_needed = 2 + (axis is not None) + len(self.fixed)
         if channel_axis == "auto":
             channel_axis = ndim - 1 if ndim == spatial_needed + 1 else None
-        self.channel_axis = None if channel_axis is None else int(channel_axis) % ndim
+        self.channel_axis = None if channel_axis is None else _axis(channel_axis, ndim, "channel_axis")
         if ndim != spatial_needed + (self.channel_axis is not None):
             hint = " For a single 2D image pass axis=None." if ndim in (2, 3) and axis is not None else ""
             raise ImageError(
@@ -85,7 +96,7 @@ class Frames:
                 f"channel_axis={channel_axis}: expected {spatial_needed + (self.channel_axis is not None)} dimensions."
                 + hint
             )
-        self.axis = None if axis is None else int(axis) % ndim
+        self.axis = None if axis is None else _axis(axis, ndim, "axis")
         taken = {self.axis, self.channel_axis, *self.fixed} - {None}
         if len(taken) != (self.axis is not None) + (self.channel_axis is not None) + len(self.fixed):
             raise ImageError("axis, channel_axis and fixed axes must all differ")
@@ -117,9 +128,14 @@ class Frames:
         if channel is None:
             if n == 1:
                 return [0]
-            if n in (3, 4):
+            if n == 3 or (n == 4 and self.image.dtype == np.uint8):  # RGB, or RGBA with alpha dropped
                 return [0, 1, 2]
-            raise ImageError(f"the image has {n} channels: choose one with channel=i, or up to three as channel=[r, g, b]")
+            hint = ""
+            if self.axis is None and n > 4:
+                hint = " (or is it a stack of slices? then pass its slice axis, e.g. axis=0)"
+            raise ImageError(
+                f"the image has {n} channels: choose one with channel=i, or up to three as channel=[r, g, b]{hint}"
+            )
         try:
             chans = [int(channel)] if np.isscalar(channel) else [int(c) for c in channel]
         except (TypeError, ValueError):
