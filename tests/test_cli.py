@@ -88,3 +88,24 @@ def test_cache_clear(sam2_files, common, tmp_path, capsys):
     assert cli.main(["cache", "clear", "--cache-dir", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "freed" in out and "0 stack(s)" in out
+
+
+def test_segment_bad_seeds_prompts_and_output_are_messages(sam2_files, common, tmp_path, capsys):
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, tifffile.imread(DATA / "img3d.tif")[:4])
+    seeds = tmp_path / "seeds.tif"
+    tifffile.imwrite(seeds, np.zeros((4, 61, 57), np.uint16))
+    bad_json = tmp_path / "p.json"
+    bad_json.write_text('[{"index": 1, "points": [[3, 4]]}]')
+    cases = [
+        (["--seed-labels", str(seeds), "--seed-slice", "99"], "out of range"),
+        (["--prompts", str(bad_json)], "expected a JSON list"),
+        (["--point", "1,3,4", "--out", str(tmp_path / "nowhere" / "o.tif")], "does not exist"),
+    ]
+    for extra, msg in cases:
+        argv = ["segment", str(path), *common, *extra]
+        if "--out" not in extra:
+            argv += ["--out", str(tmp_path / "o.tif")]
+        assert cli.main(argv) == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import SamStackError
+from .errors import DownloadError, SamStackError
 
 
 def _model_args(p: argparse.ArgumentParser, default: str | None = "sam2.1_hiera_tiny") -> None:
@@ -123,12 +123,40 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def _seed_plane(path: str, index: int, axis: int | None, frame_shape):
+    """Slice ``index`` of a labels file shaped like the image (or a single 2D labels plane)."""
+    import numpy as np
+    import tifffile
+
+    seeds = np.asarray(tifffile.imread(path))
+    if seeds.shape == tuple(frame_shape):
+        return seeds
+    if axis is None or seeds.ndim != 3:
+        raise ValueError(f"--seed-labels {path}: shape {seeds.shape} is neither a {frame_shape} plane nor a stack")
+    if not 0 <= index < seeds.shape[axis]:
+        raise ValueError(f"--seed-slice {index} is out of range: {path} has {seeds.shape[axis]} slices on axis {axis}")
+    plane = np.take(seeds, index, axis=axis)
+    if plane.shape != tuple(frame_shape):
+        raise ValueError(f"--seed-labels {path}: slices of {plane.shape} do not match the image's {frame_shape}")
+    return plane
+
+
+def _json_prompts(path: str) -> list[dict]:
+    items = json.loads(Path(path).read_text())
+    if not isinstance(items, list) or not all(isinstance(i, dict) and "obj" in i and "index" in i for i in items):
+        raise ValueError(f'--prompts {path}: expected a JSON list of {{"obj": id, "index": slice, "points": ...}}')
+    return items
+
+
 def cmd_segment(args) -> int:
     import numpy as np
     import tifffile
 
     from .session import Session
 
+    out = Path(args.out)
+    if not out.parent.is_dir():  # fail now, not after the whole propagation
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist")
     s = Session(read_image(args.image), _load(args), axis=args.axis, cache_dir=args.cache_dir)
     by_slice: dict[int, list] = {}
     for z, r, c in args.point or []:  # several clicks on one slice form one prompt
@@ -136,19 +164,17 @@ def cmd_segment(args) -> int:
     for z, pts in by_slice.items():
         s.add_prompt(1, z, points=pts, point_labels=[1] * len(pts))
     if args.seed_labels:
-        seeds = np.asarray(tifffile.imread(args.seed_labels))
-        plane = seeds[args.seed_slice] if seeds.ndim == 3 else seeds
+        plane = _seed_plane(args.seed_labels, args.seed_slice, args.axis, s.frames.frame_shape)
         for obj in np.unique(plane)[1:]:
             s.add_prompt(int(obj), args.seed_slice, mask=plane == obj)
-    if args.prompts:
-        for item in json.loads(Path(args.prompts).read_text()):
-            s.add_prompt(item["obj"], item["index"], points=item.get("points"),
-                         point_labels=item.get("labels"), box=item.get("box"))
+    for item in _json_prompts(args.prompts) if args.prompts else []:
+        s.add_prompt(item["obj"], item["index"], points=item.get("points"),
+                     point_labels=item.get("labels"), box=item.get("box"))
     update, bar = _progress("propagate")
     labels = s.propagate(progress=update)
     bar.close()
-    tifffile.imwrite(args.out, labels)
-    print(f"wrote {args.out}: {len(np.unique(labels)) - 1} object(s) on {int((labels.reshape(len(labels), -1) > 0).any(1).sum())} slice(s)")
+    tifffile.imwrite(out, labels)
+    print(f"wrote {out}: {len(np.unique(labels)) - 1} object(s) on {int((labels.reshape(len(labels), -1) > 0).any(1).sum())} slice(s)")
     return 0
 
 
@@ -199,6 +225,9 @@ def main(argv=None) -> int:
         return args.func(args)
     except (SamStackError, ValueError, OSError) as e:  # bad input: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, DownloadError):
+            print("       here: pass --checkpoint /path/to/file (with --config for SAM 2, --model-type for SAM 1)",
+                  file=sys.stderr)
         return 2
 
 
