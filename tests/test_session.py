@@ -82,3 +82,17 @@ def test_float_binary_mask_the_size_of_the_logits_grid_is_a_mask():
     assert not p.mask_is_logits and p.mask.dtype == bool and p.mask.sum() == 200
     logits = np.where(m > 0, 3.5, -7.25).astype(np.float32)
     assert make_prompt((256, 256), mask=logits).mask_is_logits
+
+
+def test_points_in_stack_coordinates(sam2_model):
+    from napari_sam_stack.errors import PromptError
+
+    rng = np.random.default_rng(0)
+    s = Session(rng.integers(0, 255, (4, 30, 41), dtype=np.uint8), sam2_model, axis=0, in_memory=True)
+    a = s.predict(2, points=[[2, 10, 12], [2, 20, 30]], point_labels=[1, 0])
+    b = s.predict(2, points=[[10, 12], [20, 30]], point_labels=[1, 0])
+    np.testing.assert_array_equal(a.logits, b.logits)
+    with pytest.raises(PromptError, match="not on slice 2"):
+        s.predict(2, points=[[3, 10, 12]])
+    s.add_prompt(1, 1, points=[[1, 5, 6]])
+    assert s.prompts[1][1].points.tolist() == [[6.0, 5.0]]  # stored as SAM's (x, y)

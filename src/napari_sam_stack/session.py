@@ -98,7 +98,7 @@ class Session:
         from .predict import predict
 
         i = self._index(index)
-        prompt = make_prompt(self.frames.frame_shape, points, point_labels, box, mask)
+        prompt = make_prompt(self.frames.frame_shape, _in_slice(points, i), point_labels, box, mask)
         return predict(self.model, self.embeddings.get(i), prompt, multimask=multimask)
 
     # ------------------------------------------------------------------ objects
@@ -106,7 +106,7 @@ class Session:
         """Set the prompt of object ``obj_id`` on slice ``index`` (replacing an earlier one there)."""
         obj = _obj_id(obj_id)
         i = self._index(index)
-        prompt = make_prompt(self.frames.frame_shape, points, point_labels, box, mask)
+        prompt = make_prompt(self.frames.frame_shape, _in_slice(points, i), point_labels, box, mask)
         if prompt.mask is not None and prompt.mask_is_logits:
             raise PromptError("a propagation mask prompt must be a binary mask of the slice, not low-res logits")
         if prompt.mask is not None and not (prompt.points is None and prompt.box is None):
@@ -190,6 +190,20 @@ def labels_from_logits(logits_by_obj: dict[int, np.ndarray], shape, dtype=np.uin
     fg = np.take_along_axis(stack, best[None], 0)[0] > 0
     out[fg] = ids[best[fg]]
     return out
+
+
+def _in_slice(points, index: int):
+    """(row, col) points as they are; (slice, row, col) points (napari's 3D coordinates) must
+    lie on slice ``index`` and lose their first column."""
+    if points is None:
+        return None
+    p = np.asarray(points, dtype=float)
+    if p.ndim == 2 and p.shape[1] == 3:
+        off = np.round(p[:, 0]) != index
+        if off.any():
+            raise PromptError(f"point {p[np.argmax(off)].tolist()} is on slice {p[np.argmax(off), 0]:g}, not on slice {index}")
+        return p[:, 1:]
+    return points
 
 
 def _obj_id(obj_id) -> int:
