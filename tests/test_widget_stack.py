@@ -351,3 +351,28 @@ def test_an_error_showing_a_propagated_slice_is_a_notification(make_widget, sam2
     errors = [n for n in notes if n[0] == "error"]
     assert errors == [("error", "RuntimeError: preview write failed")]  # once, then the run stops
     assert widget._task is None
+
+
+def test_choosing_a_labels_layer_starts_at_its_next_free_id(make_widget, sam2_model, stack):
+    """Committing to a picked labels layer never erases the user's existing labels."""
+    viewer, widget, _ = make_widget(stack, sam2_model)
+    existing = np.zeros(stack.shape, np.uint16)
+    for k in (1, 2, 3):
+        existing[:, 4 * k:4 * k + 3, 2:8] = k  # away from the click
+    target = viewer.add_labels(existing.copy(), name="user labels")
+    assert widget.obj_id == 1
+    widget.target_combo.setCurrentIndex(widget.target_combo.findText("user labels"))  # what the user does
+    assert widget.target_layer is target and widget.obj_id == 4
+    viewer.dims.set_current_step(0, 3)
+    widget.points_layer.add([3, 24, 30])
+    widget.wait()
+    obj = widget.preview_layer.data != 0
+    assert obj.any()
+    widget.commit()
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(target.data == k, existing == k)
+    np.testing.assert_array_equal(target.data == 4, obj & (existing == 0))
+    # a new image of another shape: the target no longer fits, commits go to a new layer
+    other = viewer.add_image(stack[:, :40])
+    widget.image_layer = other
+    assert widget.target_layer is None and widget.obj_id == 1

@@ -86,7 +86,9 @@ class CurrentView:
         self._ensure_layers(view)
         if new_image:
             target = self.target_layer
-            self.obj_spin.setValue(next_free_id(target) if fits(target, view) else 1)
+            if target is not None and not fits(target, view):  # made for another image: commit to a new layer
+                self.target_combo.setCurrentIndex(0)
+            self.obj_spin.setValue(next_free_id(self.target_layer))
 
     def _build_in_background(self, view: SliceView, key) -> None:
         from napari.qt.threading import create_worker

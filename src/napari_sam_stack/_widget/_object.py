@@ -255,7 +255,11 @@ class ObjectActions:
         target = self.target_layer
         if target is None and create:
             target = make_labels_layer(self.viewer, self._view, TARGET_NAME, np.uint32)
-            self.target_layer = target
+            self._keep_obj_id = True  # the id chosen for this object stays
+            try:
+                self.target_layer = target
+            finally:
+                self._keep_obj_id = False
             layers = self.viewer.layers
             for layer in (self.preview_layer, self.boxes_layer, self.points_layer):  # prompts stay on top
                 if layer in layers:

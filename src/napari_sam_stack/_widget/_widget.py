@@ -14,7 +14,7 @@ from ._compat import guard_llvm_clash
 from ._controls import LOCAL, Controls
 from ._current import CurrentView
 from ._keys import bind_keys, unbind_keys
-from ._layers import POSITIVE
+from ._layers import POSITIVE, next_free_id
 from ._object import ObjectActions
 from ._report import UserError, notify, reported, reporting
 from ._view import nonspatial_axes
@@ -58,6 +58,7 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         self.next_button.clicked.connect(lambda *_: self.next_object())
         self.edit_button.clicked.connect(lambda *_: self.edit_label())
         self.obj_spin.valueChanged.connect(self._on_obj_changed)
+        self.target_combo.currentIndexChanged.connect(self._on_target_changed)
 
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
@@ -89,10 +90,14 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
 
         target = self.target_layer
         self._label_layers = [lay for lay in self.viewer.layers if isinstance(lay, Labels) and lay is not self.preview_layer]
+        self.target_combo.blockSignals(True)
         self.target_combo.clear()
         self.target_combo.addItems(["new layer", *[lay.name for lay in self._label_layers]])
         if target in self._label_layers:
             self.target_combo.setCurrentIndex(1 + self._label_layers.index(target))
+        self.target_combo.blockSignals(False)
+        if self.target_layer is not target:  # the target was removed
+            self._on_target_changed()
         if self.image_layer is not current:
             self._on_image_changed()
 
@@ -115,6 +120,11 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
     def target_layer(self, layer) -> None:
         self._refresh_layer_choices()
         self.target_combo.setCurrentIndex(0 if layer is None else 1 + self._label_layers.index(layer))
+
+    def _on_target_changed(self, *_) -> None:
+        """A new target: the object id becomes its next free id (never one of its existing labels)."""
+        if not getattr(self, "_keep_obj_id", False):
+            self.obj_spin.setValue(next_free_id(self.target_layer))
 
     def _on_image_changed(self, *_) -> None:
         layer = self.image_layer
