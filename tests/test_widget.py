@@ -353,3 +353,22 @@ def test_session_is_built_off_the_main_thread(make_widget, sam2_model, nuclei, m
     want, _ = expected(widget, 3, points=[[20, 30]], point_labels=[1])
     np.testing.assert_array_equal(widget.preview_layer.data[3] != 0, want)
     assert on_main == [False, False]  # the console's widget.session is the one already built
+
+
+def test_plugin_menu_widget_never_offers_its_own_layers_as_target(make_napari_viewer, sam2_model, nuclei):
+    """Docked from the Plugins menu the widget sees proxies of its layers: it knows them by their tag."""
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei[0], name="img")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-stack", "Segment Anything (stack)")
+    widget.set_model(sam2_model)
+    viewer.dims.set_current_step(0, 3)
+    click(widget, [3, 20, 30])
+    names = [widget.target_combo.itemText(i) for i in range(widget.target_combo.count())]
+    assert names == ["new layer"]
+    obj = widget.preview_layer.data != 0
+    assert obj.any()
+    widget.commit()
+    names = [widget.target_combo.itemText(i) for i in range(widget.target_combo.count())]
+    assert names == ["new layer", "SAM labels"] and widget.target_layer.name == "SAM labels"
+    np.testing.assert_array_equal(viewer.layers["SAM labels"].data == 1, obj)
+    assert widget.obj_id == 2

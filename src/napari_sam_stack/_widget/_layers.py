@@ -21,6 +21,12 @@ TARGET_NAME = "SAM labels"
 POSITIVE, NEGATIVE = "positive", "negative"
 POINT_COLORS = {POSITIVE: "lime", NEGATIVE: "magenta"}
 PREVIEW_COLOR = "cyan"
+TAG = "napari_sam_stack"  # layer.metadata key naming the widget's own layers (napari may hand us proxies of them)
+
+
+def role(layer) -> str | None:
+    """'points', 'boxes' or 'preview' for a layer this widget made, else ``None``."""
+    return getattr(layer, "metadata", {}).get(TAG)
 
 
 def _geometry(view: SliceView) -> dict:
@@ -44,6 +50,7 @@ def make_points_layer(viewer, view: SliceView):
         face_color_cycle=POINT_COLORS,
         border_color="white",
         size=max(3.0, min(view.label_shape[-2:]) / 40),
+        metadata={TAG: "points"},
         **_geometry(view),
     )
     layer.mode = "add"
@@ -53,7 +60,8 @@ def make_points_layer(viewer, view: SliceView):
 def make_boxes_layer(viewer, view: SliceView):
     return viewer.add_shapes(
         None, ndim=view.ndim, name=BOXES_NAME, shape_type="rectangle", edge_color="yellow",
-        face_color="transparent", edge_width=max(1.0, min(view.label_shape[-2:]) / 200), **_geometry(view),
+        face_color="transparent", edge_width=max(1.0, min(view.label_shape[-2:]) / 200), metadata={TAG: "boxes"},
+        **_geometry(view),
     )
 
 
@@ -66,7 +74,7 @@ def make_preview_layer(viewer, view: SliceView):
     from napari.utils.colormaps import DirectLabelColormap
 
     cmap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: PREVIEW_COLOR})
-    return make_labels_layer(viewer, view, PREVIEW_NAME, np.uint8, opacity=0.5, colormap=cmap)
+    return make_labels_layer(viewer, view, PREVIEW_NAME, np.uint8, opacity=0.5, colormap=cmap, metadata={TAG: "preview"})
 
 
 def fits(layer, view: SliceView, geometry: bool = False, grid: bool = True) -> bool:

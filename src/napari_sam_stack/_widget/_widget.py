@@ -14,7 +14,7 @@ from ._compat import guard_llvm_clash
 from ._controls import LOCAL, Controls
 from ._current import CurrentView
 from ._keys import bind_keys, unbind_keys
-from ._layers import POSITIVE, next_free_id
+from ._layers import POSITIVE, next_free_id, role
 from ._object import ObjectActions
 from ._report import UserError, notify, reported, reporting
 from ._view import nonspatial_axes
@@ -89,7 +89,7 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         self.image_combo.blockSignals(False)
 
         target = self.target_layer
-        self._label_layers = [lay for lay in self.viewer.layers if isinstance(lay, Labels) and lay is not self.preview_layer]
+        self._label_layers = [lay for lay in self.viewer.layers if isinstance(lay, Labels) and role(lay) is None]
         self.target_combo.blockSignals(True)
         self.target_combo.clear()
         self.target_combo.addItems(["new layer", *[lay.name for lay in self._label_layers]])
