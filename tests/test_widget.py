@@ -372,3 +372,27 @@ def test_plugin_menu_widget_never_offers_its_own_layers_as_target(make_napari_vi
     assert names == ["new layer", "SAM labels"] and widget.target_layer.name == "SAM labels"
     np.testing.assert_array_equal(viewer.layers["SAM labels"].data == 1, obj)
     assert widget.obj_id == 2
+
+
+def test_4d_moving_the_fixed_axis_keeps_the_object_for_propagate_and_commit(make_widget, sam2_model, nuclei):
+    """At t=2: click, propagate; move to t=1; commit still writes the t=2 result (nothing is discarded)."""
+    img = nuclei[0]
+    stack = np.stack([img, img[:, ::-1], img[:, :, ::-1]])  # (T=3, Z=6, Y, X)
+    viewer, widget, layer = make_widget(stack, sam2_model)
+    viewer.dims.set_current_step(0, 2)
+    viewer.dims.set_current_step(1, 2)
+    widget.set_axis(1)
+    click(widget, [2, 2, 20, 30])
+    viewer.dims.set_current_step(0, 1)  # the user looks at another time point
+    widget.propagate()
+    widget.wait()
+    assert widget.object_session.frames.fixed == {0: 2}
+    obj = widget.preview_layer.data[2] != 0
+    assert obj[2].any() and (obj.sum(axis=(1, 2)) > 0).sum() >= 2
+    widget.commit()
+    target = widget.target_layer
+    np.testing.assert_array_equal(target.data[2] == 1, obj)
+    assert not target.data[:2].any()
+    # a click at t = 1 does start a new object there
+    click(widget, [1, 2, 20, 30])
+    assert widget.session.frames.fixed == {0: 1} and widget.preview_layer.data[1, 2].any()

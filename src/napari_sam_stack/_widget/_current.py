@@ -10,6 +10,7 @@ dask/zarr stack must not freeze the window. The prompts are answered when it arr
 from __future__ import annotations
 
 from concurrent.futures import Future
+from dataclasses import replace
 
 from ._compat import guard_llvm_clash
 from ._keys import bind_keys
@@ -51,10 +52,22 @@ class CurrentView:
         """
         return self._current_session(block=True)
 
-    def _current_session(self, block: bool):
-        """The session of the current view; with ``block=False``, ``None`` while it is built."""
+    @property
+    def object_session(self):
+        """The session the current object was made in (see ``keep_fixed``)."""
+        return self._current_session(block=True, keep_fixed=True)
+
+    def _current_session(self, block: bool, keep_fixed: bool = False):
+        """The session of the current view; with ``block=False``, ``None`` while it is built.
+
+        ``keep_fixed`` (actions on the current object): moving along a fixed axis of 4D data
+        does not switch the view; the object stays in the view it was made in.
+        """
         guard_llvm_clash()  # before any lazy torchvision/torch._dynamo import in a worker
         view = self.current_view()
+        old = self._view
+        if keep_fixed and old is not None and old.fixed != view.fixed and replace(old, fixed=view.fixed).key() == view.key():
+            view = old
         if self.model is None:
             raise UserError("no model: load one first (Model → Load model)")
         key = (view.key(), id(self.model))

@@ -203,7 +203,7 @@ class ObjectActions:
         clearing the object, the next object or a new session cancel the run, and its
         late results are dropped.
         """
-        s = self.session
+        s = self.object_session
         if s.model.family != "sam2":
             raise ModelFamilyError("propagation needs a SAM 2 model (e.g. 'sam2.1_hiera_tiny'): SAM 1 segments one slice at a time")
         if len(s) < 2:
@@ -278,7 +278,7 @@ class ObjectActions:
         """Write the previewed object into the labels layer (one undo step), then start the next object."""
         if self._task is not None and self._task_kind == "propagate":
             raise PromptError("propagation is running: wait for it or press Cancel before committing")
-        _ = self.session
+        _ = self.object_session
         obj = np.asarray(self.preview_layer.data[self._view.region_key()]) != 0
         if not obj.any():
             raise PromptError("nothing to commit: the preview of this object is empty")
@@ -291,7 +291,7 @@ class ObjectActions:
     @reported
     def edit_label(self) -> None:
         """Load the labels layer's selected label as the current object, to refine and re-commit."""
-        _ = self.session
+        _ = self.session  # loading a label starts a new object where the viewer is
         target = self._target(create=False)
         if target is None:
             raise PromptError("choose the labels layer that holds the label first")
