@@ -396,3 +396,22 @@ def test_4d_moving_the_fixed_axis_keeps_the_object_for_propagate_and_commit(make
     # a click at t = 1 does start a new object there
     click(widget, [1, 2, 20, 30])
     assert widget.session.frames.fixed == {0: 1} and widget.preview_layer.data[1, 2].any()
+
+
+def test_layer_contrast_limits_follow_the_layer(make_widget, sam2_model, nuclei, qtbot):
+    """In "layer contrast limits" mode, changing the layer's contrast makes a session with the new limits."""
+    viewer, widget, layer = make_widget(nuclei[0], sam2_model)
+    widget.contrast_combo.setCurrentIndex(1)
+    viewer.dims.set_current_step(0, 3)
+    click(widget, [3, 20, 30])
+    old, old_view = widget.session, widget.view
+    lo, hi = (float(c) for c in layer.contrast_limits)
+    layer.contrast_limits = (lo, lo + (hi - lo) / 4)
+    qtbot.waitUntil(lambda: widget.view is not old_view, timeout=5000)
+    widget.wait()
+    s = widget.session
+    assert s is not old
+    np.testing.assert_allclose(np.ravel(s.frames.contrast_limits), [lo, lo + (hi - lo) / 4])
+    # the click is answered again with the new contrast
+    want = s.predict(3, points=[[20, 30]], point_labels=[1])
+    np.testing.assert_array_equal(widget.preview_layer.data[3] != 0, want.masks[int(np.argmax(want.scores))])

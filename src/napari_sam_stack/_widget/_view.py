@@ -54,7 +54,14 @@ class SliceView:
 
     def key(self) -> tuple:
         """Signature of this view: a session is rebuilt when it changes."""
-        return (id(self.layer), self.axis, tuple(sorted(self.fixed.items())), self.channel, self.contrast)
+        return (id(self.layer), self.axis, tuple(sorted(self.fixed.items())), self.channel, self.contrast,
+                self.contrast_limits())
+
+    def contrast_limits(self) -> tuple[float, float] | None:
+        """The layer's contrast limits when they map the data to 0..255 ("layer" contrast, not uint8)."""
+        if self.contrast == "layer" and np.dtype(self.data.dtype) != np.uint8:
+            return tuple(float(c) for c in self.layer.contrast_limits)
+        return None
 
     # ------------------------------------------------------------------ session
     def session_kwargs(self) -> dict:
@@ -66,8 +73,9 @@ class SliceView:
                 kw["channel"] = self.channel
         else:
             kw["channel_axis"] = None
-        if self.contrast == "layer" and np.dtype(self.data.dtype) != np.uint8:
-            kw["contrast_limits"] = tuple(float(c) for c in self.layer.contrast_limits)
+        limits = self.contrast_limits()
+        if limits is not None:
+            kw["contrast_limits"] = limits
         return kw
 
     # ------------------------------------------------------------------ indexing

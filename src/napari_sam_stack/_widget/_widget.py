@@ -6,7 +6,7 @@ background, then click. ``widget.session`` is the same object the console can sc
 
 from __future__ import annotations
 
-from qtpy.QtCore import QEvent
+from qtpy.QtCore import QEvent, QTimer
 
 from ..errors import Cancelled
 from ..models import available_models
@@ -39,6 +39,10 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         self._reset_object_state()
         self._polarity = POSITIVE
         self._image_layers: list = []
+        self._contrast_source = None  # the image layer whose contrast_limits events we follow
+        self._contrast_timer = QTimer(self, singleShot=True, interval=300)  # a slider drag: one rebuild at the end
+        self._contrast_timer.timeout.connect(self._on_contrast_limits)
+        self._contrast_changed = lambda *_: self._contrast_timer.start()
         self._label_layers: list = []
 
         self.model_combo.addItems([*available_models(), LOCAL])
@@ -126,8 +130,22 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         if not getattr(self, "_keep_obj_id", False):
             self.obj_spin.setValue(next_free_id(self.target_layer))
 
+    def _follow_contrast(self, layer) -> None:
+        """Rebuild the session when the layer's contrast limits change ("layer contrast limits" mode)."""
+        if self._contrast_source is not None:
+            self._contrast_source.events.contrast_limits.disconnect(self._contrast_changed)
+        self._contrast_source = layer
+        if layer is not None:
+            layer.events.contrast_limits.connect(self._contrast_changed)
+
+    @reported
+    def _on_contrast_limits(self) -> None:
+        if self.contrast_combo.currentIndex() == 1 and not self._closed:
+            self._prompts_changed()  # a new key: a new session; the prompts are answered again
+
     def _on_image_changed(self, *_) -> None:
         layer = self.image_layer
+        self._follow_contrast(layer)
         self.axis_combo.blockSignals(True)
         self.channel_combo.blockSignals(True)
         self.axis_combo.clear()
@@ -303,6 +321,7 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         self._closed = True
         self.cancel()
         self._predictor.invalidate()
+        self._follow_contrast(None)
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.disconnect(self._refresh_layer_choices)
