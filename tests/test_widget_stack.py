@@ -376,3 +376,18 @@ def test_choosing_a_labels_layer_starts_at_its_next_free_id(make_widget, sam2_mo
     other = viewer.add_image(stack[:, :40])
     widget.image_layer = other
     assert widget.target_layer is None and widget.obj_id == 1
+
+
+def test_removing_the_image_cancels_propagation(make_widget, sam2_model):
+    image = synthetic_nuclei(shape=(40, 48, 64), n_nuclei=4, seed=3)[0]
+    viewer, widget, layer = make_widget(image, sam2_model)
+    viewer.dims.set_current_step(0, 20)
+    widget.points_layer.add([20, 24, 30])
+    widget.wait()
+    widget.propagate()
+    seen = []
+    widget._task.worker.yielded.connect(lambda item: (seen.append(item[0]), len(seen) == 1 and viewer.layers.remove(layer)))
+    widget.wait()
+    assert 1 <= len(seen) < 40 and layer not in viewer.layers
+    assert "cancelled" in widget.status_label.text()
+    assert widget._task is None and widget.cancel_button.isEnabled() is False

@@ -85,6 +85,9 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
 
         current = self.image_layer
         self._image_layers = [lay for lay in self.viewer.layers if isinstance(lay, Image)]
+        if current is not None and current not in self._image_layers:  # the image is gone: so is the work on it
+            self._cancel_task("propagate", "embeddings")
+            self._predictor.invalidate()
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
         self.image_combo.addItems([lay.name for lay in self._image_layers])
