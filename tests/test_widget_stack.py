@@ -302,15 +302,21 @@ def test_cancelled_model_load_keeps_the_current_model(make_widget, sam2_model, s
     assert "cancelled" in widget.status_label.text()
 
 
-@pytest.mark.parametrize("action", ["next", "clear", "new session"])
-def test_propagation_never_reaches_another_object(make_widget, sam2_model, action):
-    """Shift-N / Shift-X / a view change mid-run cancel the run; its late results are dropped."""
+def _propagating(make_widget, sam2_model):
+    """A 40-slice stack with one click on slice 20 and its propagation started."""
     image = synthetic_nuclei(shape=(40, 48, 64), n_nuclei=4, seed=3)[0]
-    viewer, widget, _ = make_widget(image, sam2_model)
+    viewer, widget, layer = make_widget(image, sam2_model)
     viewer.dims.set_current_step(0, 20)
     widget.points_layer.add([20, 24, 30])
     widget.wait()
     widget.propagate()
+    return viewer, widget, layer
+
+
+@pytest.mark.parametrize("action", ["next", "clear", "new session"])
+def test_propagation_never_reaches_another_object(make_widget, sam2_model, action):
+    """Shift-N / Shift-X / a view change mid-run cancel the run; its late results are dropped."""
+    viewer, widget, _ = _propagating(make_widget, sam2_model)
     seen = []
 
     def interrupt(item):
@@ -379,12 +385,7 @@ def test_choosing_a_labels_layer_starts_at_its_next_free_id(make_widget, sam2_mo
 
 
 def test_removing_the_image_cancels_propagation(make_widget, sam2_model):
-    image = synthetic_nuclei(shape=(40, 48, 64), n_nuclei=4, seed=3)[0]
-    viewer, widget, layer = make_widget(image, sam2_model)
-    viewer.dims.set_current_step(0, 20)
-    widget.points_layer.add([20, 24, 30])
-    widget.wait()
-    widget.propagate()
+    viewer, widget, layer = _propagating(make_widget, sam2_model)
     seen = []
     widget._task.worker.yielded.connect(lambda item: (seen.append(item[0]), len(seen) == 1 and viewer.layers.remove(layer)))
     widget.wait()
