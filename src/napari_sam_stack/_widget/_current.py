@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from ._compat import guard_llvm_clash
 from ._keys import bind_keys
-from ._layers import fits, make_boxes_layer, make_points_layer, make_preview_layer, next_free_id
+from ._layers import fits, make_boxes_layer, make_points_layer, make_preview_layer, next_free_id, set_point_labels
 from ._report import UserError
 from ._view import SliceView, make_view
 from ._workers import Failed, guarded
@@ -168,11 +168,14 @@ class CurrentView:
             self.points_layer = make_points_layer(self.viewer, view)
             self.points_layer.events.data.connect(self._on_prompt_data)
             self.points_layer.events.features.connect(self._on_prompt_data)
+            set_point_labels(self.points_layer, self._polarity)
+            self._show_mode()
             bind_keys(self, self.points_layer)
             fresh = True
         if self.boxes_layer not in layers:
             self.boxes_layer = make_boxes_layer(self.viewer, view)
             self.boxes_layer.events.data.connect(self._on_prompt_data)
+            self.boxes_layer.events.data.connect(self._on_box_data)
             bind_keys(self, self.boxes_layer)
             fresh = True
         if self.preview_layer not in layers:

@@ -15,7 +15,15 @@ KEYS: list[tuple[str, str, str]] = [
     ("commit", "Shift-C", "commit the current object into the labels layer (one Ctrl+Z undoes it)"),
     ("clear_object", "Shift-X", "clear the current object's prompts and preview"),
     ("next_object", "Shift-N", "start the next object (new id)"),
+    ("box_mode", "Shift-B", "draw one box prompt (rectangle); the clicks mode comes back by itself"),
+    ("undo_labels", "Control-Z", "undo the last commit / delete on the labels layer, whichever layer is active"),
+    ("redo_labels", "Control-Shift-Z", "redo it"),
 ]
+
+
+def key_of(method: str) -> str | None:
+    """The key bound to a widget method, or None."""
+    return next((k for m, k, _ in KEYS if m == method), None)
 
 
 def help_text() -> str:

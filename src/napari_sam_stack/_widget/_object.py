@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import Cancelled, ModelFamilyError, PromptError
 from ._layers import (
     NEGATIVE,
+    POINT_COLORS,
     POSITIVE,
     TARGET_NAME,
     commit_object,
@@ -21,7 +22,9 @@ from ._layers import (
     set_point_labels,
     write_preview,
 )
-from ._report import reported
+from qtpy.QtCore import QTimer
+
+from ._report import UserError, reported
 from ._workers import Failed
 
 
@@ -144,7 +147,69 @@ class ObjectActions:
             set_point_labels(layer, self._polarity, selected)
             if selected:
                 self._prompts_changed()
-        self.set_status(f"clicks are now {self._polarity}")
+        self._show_mode()
+
+    def _show_mode(self) -> None:
+        """The click mode, always visible: in the widget and as the points layer's current colour."""
+        color = POINT_COLORS[self._polarity]
+        self.mode_label.setText(f"<b><span style='color:{color}'>●</span> {self._polarity}</b> (N toggles)")
+        layer = self.points_layer
+        if layer is not None:
+            if str(layer.mode) != "select":
+                layer.selected_data = set()  # else the colour would repaint the last point
+            layer.current_face_color = color
+
+    @reported
+    def box_mode(self) -> None:
+        """Draw one rectangle in *SAM boxes*; then the points layer is active again, in add mode."""
+        if self._box_mode:
+            self._end_box_mode()
+            return
+        if self.model is not None and self.image_layer is not None:
+            self._current_session(block=False)  # (re)makes prompt layers the user deleted
+        if self.boxes_layer is None or self.boxes_layer not in self.viewer.layers:
+            self.box_button.setChecked(False)
+            raise UserError("open an image and load a model first")
+        self._box_mode = True
+        self.box_button.setChecked(True)
+        self.viewer.layers.selection.active = self.boxes_layer
+        self.boxes_layer.mode = "add_rectangle"
+        self.set_status("box mode: drag a rectangle around the object")
+
+    def _end_box_mode(self) -> None:
+        self._box_mode = False
+        self.box_button.setChecked(False)
+        if self.points_layer is not None and self.points_layer in self.viewer.layers:
+            self.viewer.layers.selection.active = self.points_layer
+            self.points_layer.mode = "add"
+
+    def _on_box_data(self, event=None) -> None:
+        if self._box_mode and str(getattr(event, "action", "")) == "added":
+            QTimer.singleShot(0, self._end_box_mode)  # after napari finished the drawing gesture
+
+    # ------------------------------------------------------------------ undo
+    @reported
+    def undo_labels(self) -> None:
+        """Undo the last commit / delete on the target labels layer, whichever layer is active."""
+        self._labels_history("undo")
+
+    @reported
+    def redo_labels(self) -> None:
+        self._labels_history("redo")
+
+    def _labels_history(self, which: str) -> None:
+        target = self.target_layer
+        if target is None:
+            raise UserError(f"nothing to {which}: no labels layer yet")
+        if not getattr(target, f"_{which}_history", True):
+            self.set_status(f"nothing to {which} on {target.name!r}")
+            return
+        getattr(target, which)()
+        self._labels_restored(target)
+        self.set_status(f"{which} on {target.name!r}")
+
+    def _labels_restored(self, target) -> None:
+        """After an undo / redo: views that follow the labels catch up."""
 
     @reported
     def cycle_candidate(self) -> None:
@@ -188,6 +253,7 @@ class ObjectActions:
         self.clear_object()
         target = self.target_layer
         self.obj_spin.setValue(next_free_id(target) if target is not None else self.obj_id + 1)
+        self._reset_range()
         self.set_status(f"object {self.obj_id}: click on it")
 
     def _on_obj_changed(self, *_) -> None:
@@ -286,7 +352,7 @@ class ObjectActions:
         n = commit_object(target, self._view, obj, self.obj_id, overwrite=self.overwrite_check.isChecked())
         done = self.obj_id
         self.next_object()
-        self.set_status(f"object {done} committed to {target.name!r} ({n} pixels changed; Ctrl+Z on it undoes)")
+        self.set_status(f"object {done} committed to {target.name!r} ({n} pixels changed; Ctrl+Z or Undo undoes it)")
 
     @reported
     def edit_label(self) -> None:

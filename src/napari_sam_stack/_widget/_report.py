@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 
-from ..errors import Cancelled, PromptError, SamStackError
+from ..errors import Cancelled, DownloadError, PromptError, SamStackError
 
 log = logging.getLogger("napari_sam_stack")
 
@@ -27,6 +28,39 @@ def notify(error: BaseException) -> None:
     else:
         log.warning("unexpected error", exc_info=error)
         show_error(f"{type(error).__name__}: {error}")
+
+
+SHORT = 100
+
+
+def short_message(error: BaseException | str) -> str:
+    """One short line for the status: the first sentence, cut to ~100 characters (the notification has it all)."""
+    if isinstance(error, DownloadError) and getattr(error, "short", None):
+        return error.short
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.split(r"(?<=[a-z0-9)'\]])\.\s+(?=[A-Z(])", text, maxsplit=1)[0]
+    return text if len(text) <= SHORT else text[: SHORT - 1].rstrip() + "…"
+
+
+def explain_download(error: BaseException, name: str | None) -> BaseException:
+    """A failed download of a registry model, told in the widget's words (what to pick, where the file goes)."""
+    if not isinstance(error, DownloadError) or name is None:
+        return error
+    from ..models import available_models, model_spec, weights_dir
+
+    if name not in available_models():
+        return error
+    spec = model_spec(name)
+    target = weights_dir() / spec.filename
+    kind = f"config {spec.config}" if spec.family == "sam2" else f"type {spec.model_type}"
+    out = DownloadError(
+        f"Could not download {name} (offline?). Download {spec.url} on a connected machine, then copy it to "
+        f"{target} and press Load model again, or pick 'local checkpoint…' in Model, choose the file and "
+        f"set {kind}. ({error.__cause__ or error})"
+    )
+    out.short = f"could not download {name} (offline?): see the notification"
+    out.__cause__ = error
+    return out
 
 
 def reporting(fn, report):

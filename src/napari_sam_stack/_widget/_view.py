@@ -130,6 +130,43 @@ def nonspatial_axes(layer) -> list[int]:
     return list(range(max(0, ndim - 2)))
 
 
+CHANNEL_NAMES = {"c", "ch", "channel", "channels"}
+STACK_NAMES = ("z", "t", "time", "frame", "frames", "slice", "plane")
+
+
+def axis_names(layer, viewer_labels=()) -> list[str | None]:
+    """A name per layer axis: the layer's axis label, else the viewer's, else None (napari's '-1' defaults)."""
+    named = lambda x: None if x is None or str(x).lstrip("-").isdigit() else str(x)  # noqa: E731
+    own = list(getattr(layer, "axis_labels", ()) or ())
+    viewer = list(viewer_labels)[-layer.ndim:] if viewer_labels else []
+    out = []
+    for ax in range(layer.ndim):
+        name = named(own[ax]) if ax < len(own) else None
+        if name is None and ax < len(viewer):
+            name = named(viewer[ax])
+        out.append(name)
+    return out
+
+
+def default_axis(layer, names: list[str | None]) -> int | None:
+    """The slice axis to start with: one named z / t, else the last axis with more than 4 entries
+    (never a channel-sized or channel-named axis), else the longest; None for a 2D image."""
+    axes = nonspatial_axes(layer)
+    if not axes:
+        return None
+    shape = SliceView(layer, None).label_shape
+    lower = {ax: (names[ax] or "").lower() for ax in axes}
+    for want in STACK_NAMES:
+        for ax in axes:
+            if lower[ax] == want:
+                return ax
+    usable = [ax for ax in axes if lower[ax] not in CHANNEL_NAMES] or axes
+    long = [ax for ax in usable if shape[ax] > 4]
+    if long:
+        return long[-1]
+    return max(usable, key=lambda ax: shape[ax])
+
+
 def make_view(layer, axis, world_point, channel=None, contrast="auto") -> SliceView:
     """A :class:`SliceView` walking ``axis``; other non-spatial axes fixed at ``world_point``."""
     axes = nonspatial_axes(layer)

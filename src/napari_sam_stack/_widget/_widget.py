@@ -16,11 +16,12 @@ from ._current import CurrentView
 from ._keys import bind_keys, unbind_keys
 from ._layers import POSITIVE, next_free_id, role
 from ._object import ObjectActions
-from ._report import UserError, notify, reported, reporting
-from ._view import nonspatial_axes
+from ._report import UserError, explain_download, notify, reported, reporting, short_message
+from ._view import axis_names, default_axis, nonspatial_axes
 from ._workers import Failed, LatestOnly, Task
 
 DEFAULT_MODEL = "sam2.1_hiera_tiny"
+LOADED = "loaded"  # item data of the model box's entry for a model loaded from elsewhere (console, --test-model)
 
 
 class SamStackWidget(CurrentView, ObjectActions, Controls):
@@ -38,6 +39,7 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         self._predictor = LatestOnly(self._on_prediction, self.report)
         self._reset_object_state()
         self._polarity = POSITIVE
+        self._box_mode = False
         self._image_layers: list = []
         self._contrast_source = None  # the image layer whose contrast_limits events we follow
         self._contrast_timer = QTimer(self, singleShot=True, interval=300)  # a slider drag: one rebuild at the end
@@ -61,6 +63,9 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         self.clear_button.clicked.connect(lambda *_: self.clear_object())
         self.next_button.clicked.connect(lambda *_: self.next_object())
         self.edit_button.clicked.connect(lambda *_: self.edit_label())
+        self.box_button.clicked.connect(lambda *_: self.box_mode())
+        self.undo_button.clicked.connect(lambda *_: self.undo_labels())
+        self.redo_button.clicked.connect(lambda *_: self.redo_labels())
         self.obj_spin.valueChanged.connect(self._on_obj_changed)
         self.target_combo.currentIndexChanged.connect(self._on_target_changed)
 
@@ -68,16 +73,19 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.connect(self._refresh_layer_choices)
         bind_keys(self, self.viewer)
+        self._show_mode()
         self._refresh_layer_choices()
 
     # ------------------------------------------------------------------ reporting
     def report(self, error: BaseException) -> None:
-        """Show an error as a napari notification and in the status line."""
+        """Show an error as a napari notification (all of it) and in the status line (one short line)."""
         notify(error)
-        self.status_label.setText(str(error))
+        self.set_status(short_message(error))
 
     def set_status(self, text: str) -> None:
+        """One line in the widget (elided to its width; the whole text is the tooltip)."""
         self.status_label.setText(text)
+        self.status_label.setToolTip(text)
 
     # ------------------------------------------------------------------ layer choices
     def _refresh_layer_choices(self, event=None) -> None:
@@ -157,15 +165,13 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
             axes = nonspatial_axes(layer)
             if not axes:
                 self.axis_combo.addItem("none (2D image)", None)
-            labels = self.viewer.dims.axis_labels
-            offset = self.viewer.dims.ndim - layer.ndim
+            names = axis_names(layer, self.viewer.dims.axis_labels)
             shape = layer.data[0].shape if layer.multiscale else layer.data.shape
             for ax in axes:
-                name = str(labels[ax + offset])
-                named = "" if name.lstrip("-").isdigit() else f"{name}: "
-                self.axis_combo.addItem(f"{named}axis {ax} ({shape[ax]} slices)", ax)
+                what = f"{names[ax]} (axis {ax}, {shape[ax]} slices)" if names[ax] else f"axis {ax} ({shape[ax]} slices)"
+                self.axis_combo.addItem(what, ax)
             if axes:
-                self.axis_combo.setCurrentIndex(len(axes) - 1)
+                self.axis_combo.setCurrentIndex(self.axis_combo.findData(default_axis(layer, names)))
             if layer.rgb:
                 for name, c in (("RGB", None), ("red", 0), ("green", 1), ("blue", 2)):
                     self.channel_combo.addItem(name, c)
@@ -191,10 +197,14 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         n = len(self.current_view())
         for spin in (self.start_spin, self.stop_spin):
             spin.setRange(0, n - 1)
-        self.start_spin.setValue(0)
-        self.stop_spin.setValue(n - 1)
+        self._reset_range()
         if self.model is not None:
             self._prompts_changed()  # a new session: previews of the existing prompts are recomputed
+
+    def _reset_range(self) -> None:
+        """The whole stack: every object starts with it (a range set for one object never sticks)."""
+        self.start_spin.setValue(self.start_spin.minimum())
+        self.stop_spin.setValue(self.stop_spin.maximum())
 
     # ------------------------------------------------------------------ model
     @reported
@@ -204,6 +214,9 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
 
         guard_llvm_clash()
         name, device = self.model_combo.currentText(), self.device_combo.currentText()
+        if self.model_combo.currentData() == LOADED:
+            self.set_status(f"{self.model.name} is loaded: pick another model to load")
+            return
         kw: dict = {"device": None if device == "auto" else device}
         if name == LOCAL:
             ckpt, cfg = self.ckpt_edit.text().strip(), self.config_edit.text().strip()
@@ -217,13 +230,14 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         else:
             kw["model"] = name
         self.set_status(f"loading {name} …")
-        self._start_task("model", lambda task: models.load_model(**kw), desc=f"Loading {name}", on_done=self._model_loaded)
+        done = lambda result, cancelled=False: self._model_loaded(result, cancelled, name)  # noqa: E731
+        self._start_task("model", lambda task: models.load_model(**kw), desc=f"Loading {name}", on_done=done)
 
-    def _model_loaded(self, result, cancelled=False) -> None:
+    def _model_loaded(self, result, cancelled=False, name=None) -> None:
         if cancelled:
             self.set_status("model loading cancelled" + (f"; still using {self.model.name}" if self.model else ""))
         elif isinstance(result, Failed):
-            self.report(result.error)
+            self.report(explain_download(result.error, name))
         else:
             self.set_model(result)
 
@@ -231,12 +245,26 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
     def set_model(self, model) -> None:
         """Use an already-loaded :class:`~napari_sam_stack.LoadedModel` (console, tests)."""
         self.model = model
-        if model.name in available_models():
-            self.model_combo.setCurrentText(model.name)
+        self._show_loaded_model(model)
         self.model_label.setText(f"{model.name} ({'SAM 2' if model.family == 'sam2' else 'SAM 1'}, {model.device})")
         self.set_status("model ready: click on the object (Points layer 'SAM points')")
         if self.image_layer is not None:
             self._prompts_changed()
+
+    def _show_loaded_model(self, model) -> None:
+        """The model box names the model in use: its registry entry, else an entry for it ("… (loaded)")."""
+        combo = self.model_combo
+        combo.blockSignals(True)
+        old = combo.findData(LOADED)
+        if old >= 0:
+            combo.removeItem(old)
+        if model.name in available_models():
+            combo.setCurrentText(model.name)
+        else:
+            combo.insertItem(0, f"{model.name} (loaded)", LOADED)
+            combo.setCurrentIndex(0)
+        combo.blockSignals(False)
+        self.show_local_fields(combo.currentText() == LOCAL)
 
     # ------------------------------------------------------------------ long tasks
     @property
@@ -332,6 +360,8 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
             if layer is not None:
                 layer.events.data.disconnect(self._on_prompt_data)
                 layer.events.features.disconnect(self._on_prompt_data)
+        if self.boxes_layer is not None:
+            self.boxes_layer.events.data.disconnect(self._on_box_data)
         for target in (self.viewer, self.points_layer, self.boxes_layer, self.preview_layer):
             if target is not None:
                 unbind_keys(self, target)
