@@ -32,3 +32,22 @@ def test_demo_says_where_weights_come_from():
     hint = _weights_hint(Namespace(model="sam2.1_hiera_tiny"))
     assert "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt" in hint
     assert "--checkpoint" in hint and "local checkpoint" in hint
+
+
+@pytest.mark.parametrize("display", [None, "dead"], ids=["no-DISPLAY", "unreachable-DISPLAY"])
+def test_demo_without_a_display_says_so_in_one_line(display):
+    import os
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in {"DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"}}
+    if display:
+        env["DISPLAY"] = next(f":{n}" for n in range(987, 1100) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    r = subprocess.run([sys.executable, "-m", "napari_sam_stack.cli", "demo", "--test-model"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])  # not -6: Qt never got to abort
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("napari-sam-stack demo: napari cannot open its window here: ")
+    if display:
+        assert f"could not connect to display {env['DISPLAY']}" in lines[0]
+    else:
+        assert "DISPLAY is unset" in lines[0] and "xvfb-run -a tox -e demo -- --screenshot demo.png" in lines[0]

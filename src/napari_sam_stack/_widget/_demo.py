@@ -33,7 +33,18 @@ def _weights_hint(args) -> str | None:
     )
 
 
+HEADLESS_HINT = ("on a machine without one, `xvfb-run -a tox -e demo -- --screenshot demo.png` runs it under a "
+                 "virtual X server and saves the window as a picture")
+
+
 def run_demo(args) -> int:
+    from ._display import gui_problem
+
+    problem = gui_problem(headless_hint=HEADLESS_HINT)  # Qt would abort the process (core dump) instead
+    if problem:
+        print(f"napari-sam-stack demo: napari cannot open its window here: {problem}", file=sys.stderr)
+        return 2
+
     import napari
     from napari.utils.notifications import show_info
 
