@@ -19,6 +19,7 @@ _LAZY = {
     "ModelSpec": "models",
     "LoadedModel": "models",
     "Session": "session",
+    "Annotation": "annotation",
     "Frames": "normalise",
     "Prediction": "predict",
     "cache_info": "embeddings",

@@ -44,9 +44,34 @@ class PromptError(SamStackError, ValueError):
     """A prompt (points, box, mask, slice index, object id) that cannot be used."""
 
 
+class CacheError(SamStackError, ValueError):
+    """An embeddings cache folder that cannot be used or managed as asked (``""``, a file, a
+    folder that is not a napari-sam-stack cache, a negative age)."""
+
+
 class ModelFamilyError(SamStackError, ValueError):
     """An operation that needs another model family (e.g. propagation needs SAM 2)."""
 
 
 class Cancelled(SamStackError):
     """A long operation (embeddings, propagation) stopped because the caller cancelled it."""
+
+
+class OutputError(SamStackError, ValueError):
+    """An output path that cannot be written as asked: the input itself, an existing file
+    without ``overwrite``, a folder that does not exist, an unknown format."""
+
+
+class AnnotationError(SamStackError, ValueError):
+    """An annotation call that cannot be done: an unknown or invalid object id, nothing to
+    commit or propagate, a bad candidate, labels of the wrong shape."""
+
+
+class ProjectError(SamStackError, ValueError):
+    """A project folder that is missing, corrupt, truncated, foreign or from a newer version,
+    or that does not fit the image or model it is opened with; or a save that would replace
+    something it must not."""
+
+
+class AutomaticError(SamStackError, ValueError):
+    """Segment-everything parameters out of range or of the wrong type, or key slices that do not fit."""

@@ -1,0 +1,249 @@
+"""Compact per-slice masks of one object, and the labels edits that commit or delete objects.
+
+A mask is kept as the bounding-box crop of a uint8 *confidence*: 0 outside the mask,
+1..255 inside = the logit quantised to 1/8 (``ceil(logit * 8)``, capped at 255; SAM 2's
+logits are clamped to +-32). One byte per pixel of the crop holds both the mask
+(``logits > 0``) and what decides overlaps between objects committed together (the
+highest logit wins), so 500 objects x 500 slices cost their objects' extents, not
+500 x 500 full slices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CONFIDENCE_SCALE = 8.0
+MASK_CONFIDENCE = 80
+"""Confidence of a binary mask without logits (a mask prompt): logit +10, as SAM 2 turns a mask into logits."""
+
+
+def confidence(logits, threshold: float = 0.0) -> np.ndarray:
+    """(Y, X) logits -> uint8 confidence (0 where ``logits <= threshold``)."""
+    x = np.asarray(logits, dtype=np.float32) - np.float32(threshold)
+    x = np.nan_to_num(x, nan=0.0, posinf=32.0, neginf=0.0)
+    q = np.clip(np.ceil(x * CONFIDENCE_SCALE), 0, 255).astype(np.uint8)
+    return q
+
+
+def mask_confidence(mask) -> np.ndarray:
+    return np.where(np.asarray(mask, dtype=bool), np.uint8(MASK_CONFIDENCE), np.uint8(0))
+
+
+class MaskStack:
+    """Per-slice masks of one object: ``{slice: (row0, col0, uint8 crop)}`` (empty slices are absent)."""
+
+    def __init__(self, frame_shape):
+        self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self._crops: dict[int, tuple[int, int, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self._crops)
+
+    def __contains__(self, index) -> bool:
+        return index in self._crops
+
+    def slices(self) -> list[int]:
+        return sorted(self._crops)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for _, _, c in self._crops.values())
+
+    def set(self, index: int, conf: np.ndarray) -> None:
+        """Store a full-slice uint8 confidence (an all-zero one removes the slice)."""
+        conf = np.asarray(conf, dtype=np.uint8)
+        rows = np.flatnonzero(conf.any(1))
+        if rows.size == 0:
+            self._crops.pop(int(index), None)
+            return
+        cols = np.flatnonzero(conf.any(0))
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        self._crops[int(index)] = (int(r0), int(c0), conf[r0:r1, c0:c1].copy())
+
+    def set_crop(self, index: int, r0: int, c0: int, crop: np.ndarray) -> None:
+        self._crops[int(index)] = (int(r0), int(c0), crop)
+
+    def crop(self, index: int):
+        """``(row0, col0, uint8 crop)`` of slice ``index``, or None."""
+        return self._crops.get(index)
+
+    def confidence(self, index: int) -> np.ndarray | None:
+        c = self._crops.get(index)
+        if c is None:
+            return None
+        out = np.zeros(self.frame_shape, np.uint8)
+        r0, c0, crop = c
+        out[r0:r0 + crop.shape[0], c0:c0 + crop.shape[1]] = crop
+        return out
+
+    def mask(self, index: int) -> np.ndarray | None:
+        conf = self.confidence(index)
+        return None if conf is None else conf > 0
+
+    def clear(self, lo: int | None = None, hi: int | None = None) -> None:
+        """Forget slices ``lo..hi`` (inclusive; all by default)."""
+        for i in list(self._crops):
+            if (lo is None or i >= lo) and (hi is None or i <= hi):
+                del self._crops[i]
+
+    def update(self, other: MaskStack) -> None:
+        self._crops.update(other._crops)
+
+    # ------------------------------------------------------------------ files
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """``index`` (n,), ``box`` (n, 4) as (row0, col0, rows, cols), ``data`` (all crops, flattened)."""
+        idx = self.slices()
+        boxes = np.array([[r0, c0, *crop.shape] for r0, c0, crop in (self._crops[i] for i in idx)], np.int64)
+        data = np.concatenate([self._crops[i][2].ravel() for i in idx]) if idx else np.zeros(0, np.uint8)
+        return {"index": np.array(idx, np.int64), "box": boxes.reshape(-1, 4), "data": data}
+
+    @classmethod
+    def from_arrays(cls, frame_shape, arrays: dict[str, np.ndarray], n_slices: int) -> MaskStack:
+        """Inverse of :meth:`to_arrays`; ValueError when the arrays do not fit the image."""
+        out = cls(frame_shape)
+        idx, boxes, data = (np.asarray(arrays[k]) for k in ("index", "box", "data"))
+        if idx.ndim != 1 or boxes.shape != (len(idx), 4) or data.dtype != np.uint8:
+            raise ValueError("mask arrays have inconsistent shapes")
+        h, w = out.frame_shape
+        pos = 0
+        for i, (r0, c0, nr, nc) in zip(idx.tolist(), boxes.tolist()):
+            if not (0 <= i < n_slices and 0 <= r0 and 0 <= c0 and nr > 0 and nc > 0 and r0 + nr <= h and c0 + nc <= w):
+                raise ValueError(f"a stored mask (slice {i}, box {r0, c0, nr, nc}) does not fit the image")
+            if pos + nr * nc > data.size:
+                raise ValueError("mask data is truncated")
+            out._crops[int(i)] = (int(r0), int(c0), data[pos:pos + nr * nc].reshape(nr, nc).copy())
+            pos += nr * nc
+        if pos != data.size:
+            raise ValueError("mask data has trailing bytes")
+        return out
+
+
+# ---------------------------------------------------------------- labels edits
+
+
+@dataclass
+class LabelsEdit:
+    """One change of the committed labels (one undo step in napari).
+
+    ``indices``: tuple of index arrays into (N, Y, X), as napari's ``Labels.data_setitem``
+    takes them; ``values``: the new values there; ``old``: the values before;
+    ``obj_ids``: the objects the action was about.
+    """
+
+    indices: tuple = field(default_factory=lambda: tuple(np.zeros(0, np.intp) for _ in range(3)))
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
+    old: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
+    obj_ids: tuple = ()
+
+    def __len__(self) -> int:
+        return int(self.values.size)
+
+    def slices(self) -> list[int]:
+        return np.unique(self.indices[0]).tolist()
+
+    def inverse(self) -> LabelsEdit:
+        return LabelsEdit(self.indices, self.old, self.values, self.obj_ids)
+
+
+def member(arr: np.ndarray, ids) -> np.ndarray:
+    """Boolean ``arr`` in ``ids`` (a lookup table when the values are small)."""
+    ids = np.asarray(sorted(ids), dtype=np.int64)
+    if ids.size == 0:
+        return np.zeros(arr.shape, bool)
+    top = int(arr.max()) if arr.size else 0
+    if top < (1 << 22):
+        lut = np.zeros(top + 1, bool)
+        lut[ids[ids <= top]] = True
+        return lut[arr]
+    return np.isin(arr, ids)
+
+
+def present_ids(labels: np.ndarray) -> set[int]:
+    """Non-zero values in ``labels``, read one slice at a time."""
+    found: set[int] = set()
+    for z in range(labels.shape[0]):
+        s = labels[z]
+        top = int(s.max()) if s.size else 0
+        if top == 0:
+            continue
+        if top < (1 << 22):
+            found.update(np.flatnonzero(np.bincount(s.ravel(), minlength=top + 1)).tolist())
+        else:
+            found.update(np.unique(s).tolist())
+    found.discard(0)
+    return found
+
+
+def winners(shape, index: int, stacks: dict[int, MaskStack], dtype=np.uint32):
+    """On slice ``index``: the highest confidence of ``stacks`` (obj id -> masks) per pixel, and
+    whose it is (0 where none; ties go to the first in ``stacks``' order)."""
+    best = np.zeros(shape, np.uint8)
+    who = np.zeros(shape, dtype)
+    for o, stack in stacks.items():
+        c = stack.crop(index)
+        if c is None:
+            continue
+        r0, c0, crop = c
+        win = (slice(r0, r0 + crop.shape[0]), slice(c0, c0 + crop.shape[1]))
+        better = crop > best[win]
+        best[win][better] = crop[better]
+        who[win][better] = o
+    return best, who
+
+
+def _edit(parts, dtype, obj_ids) -> LabelsEdit:
+    if not parts:
+        empty = np.zeros(0, np.intp)
+        return LabelsEdit((empty, empty.copy(), empty.copy()), np.zeros(0, dtype), np.zeros(0, dtype), tuple(obj_ids))
+    z, r, c, v, o = (np.concatenate(x) for x in zip(*parts))
+    return LabelsEdit((z, r, c), v.astype(dtype), o.astype(dtype), tuple(obj_ids))
+
+
+def commit_edit(labels: np.ndarray, stacks: dict[int, MaskStack], overwrite: bool = False) -> LabelsEdit:
+    """The edit that writes ``stacks`` (obj id -> masks) into ``labels``.
+
+    Each object's previous pixels are cleared first (a re-commit replaces exactly them);
+    where the objects overlap each other the highest confidence wins (ties: the first
+    in ``stacks``' order); pixels of any other label stay unless ``overwrite``.
+    """
+    ids = list(stacks)
+    slices = set().union(*(s.slices() for s in stacks.values())) if stacks else set()
+    parts = []
+    for z in range(labels.shape[0]):
+        old = labels[z]
+        mine = member(old, ids)
+        touched = z in slices
+        if not touched and not mine.any():
+            continue
+        new = old.copy()
+        new[mine] = 0
+        if touched:
+            best, who = winners(old.shape, z, stacks, labels.dtype)
+            fg = best > 0
+            if not overwrite:
+                fg &= new == 0
+            new[fg] = who[fg]
+        r, c = np.nonzero(new != old)
+        if r.size:
+            parts.append((np.full(r.size, z, np.intp), r, c, new[r, c], old[r, c]))
+    return _edit(parts, labels.dtype, ids)
+
+
+def delete_edit(labels: np.ndarray, ids) -> LabelsEdit:
+    """The edit that sets the pixels of ``ids`` to 0."""
+    ids = list(ids)
+    parts = []
+    for z in range(labels.shape[0]):
+        old = labels[z]
+        r, c = np.nonzero(member(old, ids))
+        if r.size:
+            parts.append((np.full(r.size, z, np.intp), r, c, np.zeros(r.size, old.dtype), old[r, c]))
+    return _edit(parts, labels.dtype, ids)
+
+
+def apply_edit(labels: np.ndarray, edit: LabelsEdit) -> None:
+    """The default ``labels_writer``: write the edit into the array in place."""
+    if len(edit):
+        labels[edit.indices] = edit.values

@@ -1,0 +1,125 @@
+"""The objects of an :class:`~napari_sam_stack.annotation.Annotation`, their statuses and events,
+and one batched propagation run over some of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from psygnal import Signal, SignalGroup
+
+from ._masks import MaskStack, confidence, winners
+from .errors import AnnotationError
+from .prompts import Prompt
+
+
+class Status:
+    """An object's status: ``draft`` (prompts, 2D masks), ``propagated``, ``committed``
+    (its masks are the committed labels), ``edited`` (changed since its commit)."""
+
+    DRAFT = "draft"
+    PROPAGATED = "propagated"
+    COMMITTED = "committed"
+    EDITED = "edited"
+    ALL = (DRAFT, PROPAGATED, COMMITTED, EDITED)
+
+
+@dataclass(eq=False)
+class AnnotatedObject:
+    """One object of the annotation: its prompts per slice, chosen candidates, latest masks, status."""
+
+    id: int
+    masks: MaskStack
+    prompts: dict[int, Prompt] = field(default_factory=dict)
+    candidate: dict[int, int] = field(default_factory=dict)
+    status: str = Status.DRAFT
+    committed: bool = False  # its pixels are in the labels (as far as the last commit / sync_labels know)
+    propagated: bool = False  # its masks come from a propagation made after its last prompt change
+    version: int = 0  # bumps with every prompt change: a propagation started before one does not store
+    conditioning: dict[int, Prompt] = field(default_factory=dict)
+    """What propagation starts from per prompted slice (``a.session.prompts[id]`` is this dict): the
+    prompt itself, or the mask chosen on that slice (a candidate other than the best, or clicks
+    refining a mask prompt)."""
+
+    def slices(self) -> list[int]:
+        """Sorted slice indices where the object has a result mask."""
+        return self.masks.slices()
+
+    def prompted(self) -> list[int]:
+        """Sorted slice indices where the object has a prompt."""
+        return sorted(self.prompts)
+
+
+class AnnotationEvents(SignalGroup):
+    object_added = Signal(int)
+    object_changed = Signal(int)
+    object_removed = Signal(int)
+    labels_changed = Signal(object)  # LabelsEdit
+    status_changed = Signal(int, str)
+
+
+class PropagationRun:
+    """One batched propagation of some objects (see :meth:`Annotation.propagation`)."""
+
+    def __init__(self, annotation, obj_ids: list[int], start: int, stop: int, frames):
+        self.annotation = annotation
+        self.obj_ids = list(obj_ids)
+        self.start, self.stop = start, stop
+        self.versions = {o: annotation.objects[o].version for o in obj_ids}
+        shape = annotation.session.frames.frame_shape
+        self.results = {o: MaskStack(shape) for o in obj_ids}
+        self.finished = False
+        self._frames = frames
+
+    def __iter__(self):
+        wanted = self.results
+        shape = self.annotation.session.frames.frame_shape
+        for index, logits in self._frames:
+            for o, value in logits.items():
+                if o in wanted:
+                    wanted[o].set(index, confidence(value))
+            yield index, winners(shape, index, wanted)[1]
+        self.finished = True
+
+    def apply(self) -> list[int]:
+        """Store the results into the objects (those unchanged and not deleted since); their ids."""
+        a = self.annotation
+        if not self.finished:
+            raise AnnotationError("this propagation has not finished: iterate it to the end first")
+        done = []
+        for o, stack in self.results.items():
+            obj = a.objects.get(o)
+            if obj is None or obj.version != self.versions[o]:
+                continue
+            obj.masks.clear(self.start, self.stop)
+            obj.masks.update(stack)
+            obj.propagated = True
+            a._set_status(obj, Status.EDITED if obj.committed else Status.PROPAGATED)
+            a.events.object_changed.emit(o)
+            done.append(o)
+        a._changed = a._changed or bool(done)
+        return done
+
+
+def mask_only(prompt: Prompt) -> bool:
+    """A binary mask prompt without clicks or box."""
+    return prompt.mask is not None and not prompt.mask_is_logits and prompt.points is None and prompt.box is None
+
+
+def check_id(obj_id) -> int:
+    if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)) or obj_id < 1:
+        raise AnnotationError(f"object ids are positive integers (0 is background), got {obj_id!r}")
+    return int(obj_id)
+
+
+def check_ids(obj_ids) -> list:
+    """One id or an iterable of them, as a non-empty list (each still to be checked)."""
+    if isinstance(obj_ids, (int, np.integer)) and not isinstance(obj_ids, bool):
+        return [obj_ids]
+    try:
+        ids = list(obj_ids)
+    except TypeError:
+        raise AnnotationError(f"obj_ids must be an object id or a list of them, got {obj_ids!r}") from None
+    if not ids:
+        raise AnnotationError("obj_ids is empty: give object ids, or None for all")
+    return ids

@@ -1,0 +1,420 @@
+"""Annotation: the user's whole job on one image — every object, its status, the committed labels.
+
+Qt-free and evented (psygnal): the napari widget is a view over one, the console and
+scripts drive the same object. See docs/annotation.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._masks import LabelsEdit, MaskStack, apply_edit, commit_edit, confidence, delete_edit, mask_confidence
+from ._masks import present_ids, winners
+from ._objects import AnnotatedObject, AnnotationEvents, PropagationRun, Status, check_id, check_ids, mask_only
+from .errors import AnnotationError
+from .prompts import Prompt, make_prompt
+from .session import Session, _in_slice
+
+
+class Annotation:
+    """Every object of one image or stack, and its committed labels.
+
+    ``Annotation(image, model, axis=0, labels=None, **session_options)`` wraps a
+    :class:`~napari_sam_stack.Session` (``a.session``; the options go to it).
+    ``labels``: an existing (N, Y, X) integer numpy array (for a 2D image (Y, X) or
+    (1, Y, X)) used in place as ``a.labels``; default a new uint32 array. Its ids are
+    never given to new objects.
+    """
+
+    def __init__(self, image: Any, model: Any, axis: int | None = 0, *, labels=None, autosave: bool | None = None,
+                 autosave_every: float = 120.0, **session_options):
+        source = None
+        if isinstance(image, (str, os.PathLike)):
+            from .project import read_image
+
+            source, image = str(Path(image).expanduser().resolve()), read_image(image)
+        session = image if isinstance(image, Session) else Session(image, model, axis, **session_options)
+        self.session: Session = session
+        self.labels: np.ndarray = self._check_labels(labels)
+        self.objects: dict[int, AnnotatedObject] = {}
+        self.events = AnnotationEvents()
+        self.labels_writer: Callable[[LabelsEdit], None] = lambda edit: apply_edit(self.labels, edit)
+        self._deleted: dict[int, AnnotatedObject] = {}  # kept so that an undone delete brings the object back
+        self._top_id = int(self.labels.max()) if self.labels.size else 0
+        self.source: str | None = source  # the image file, when known (saved with the project)
+        self.project_path = None  # where save() last wrote / open() read
+        self.autosave = (not session.embeddings.in_memory) if autosave is None else bool(autosave)
+        self.autosave_every = float(autosave_every)
+        self._dirty_slices: set[int] | None = set(range(len(session)))  # labels slices changed since the autosave
+        self._changed = False  # anything changed since the last autosave
+        self._last_autosave = time.monotonic()
+        self._autosaved_to = None
+
+    @classmethod
+    def from_session(cls, session: Session, labels=None, **kw) -> Annotation:
+        """An annotation over an existing session (its embeddings and model are shared)."""
+        if not isinstance(session, Session):
+            raise AnnotationError(f"from_session needs a Session, got {type(session).__name__}")
+        return cls(session, None, labels=labels, **kw)
+
+    def _check_labels(self, labels) -> np.ndarray:
+        shape = self.session.shape
+        if labels is None:
+            return np.zeros(shape, np.uint32)
+        if not isinstance(labels, np.ndarray):
+            raise AnnotationError(f"labels must be a numpy array (it is written in place), got {type(labels).__name__}")
+        if labels.ndim == 2 and self.session.axis is None:
+            labels = labels[None]
+        if labels.shape != shape or labels.dtype.kind not in "ui":
+            raise AnnotationError(f"labels must be an integer array of shape {shape}, got {labels.shape} {labels.dtype}")
+        if not labels.flags.writeable:
+            raise AnnotationError("labels must be a writeable array")
+        return labels
+
+    def __repr__(self) -> str:
+        counts = {s: sum(o.status == s for o in self.objects.values()) for s in Status.ALL}
+        return f"Annotation({len(self.objects)} objects {counts}, {self.session!r})"
+
+    # ------------------------------------------------------------------ objects
+    def _object(self, obj_id) -> AnnotatedObject:
+        o = check_id(obj_id)
+        if o not in self.objects:
+            known = ", ".join(map(str, self.objects)) or "none yet (a.new_object())"
+            raise AnnotationError(f"no object {obj_id!r} in this annotation; objects: {known}")
+        return self.objects[o]
+
+    def new_object(self, obj_id=None) -> int:
+        """A new object; returns its id, the next free one (above every object and label ever seen).
+
+        ``obj_id``: take that id instead. When the labels hold pixels of it (a label painted
+        or loaded without an object), the object adopts them: it is committed, its masks are
+        those pixels, and it can be refined and re-committed like any other.
+        """
+        if obj_id is None:
+            self._top_id = max(self._top_id, int(self.labels.max()) if self.labels.size else 0)
+            o = self._top_id + 1
+            if o > np.iinfo(self.labels.dtype).max:
+                raise AnnotationError(f"no free id left in {self.labels.dtype} labels")
+        else:
+            o = self._check_fits(check_id(obj_id))
+            if o in self.objects:
+                raise AnnotationError(f"object {o} exists already")
+        obj = AnnotatedObject(o, MaskStack(self.session.frames.frame_shape))
+        self._deleted.pop(o, None)
+        if obj_id is not None:
+            for z in range(self.labels.shape[0]):
+                hit = self.labels[z] == o
+                if hit.any():
+                    obj.masks.set(z, mask_confidence(hit))
+            if len(obj.masks):
+                obj.committed, obj.status = True, Status.COMMITTED
+        self._top_id = max(self._top_id, o)
+        self.objects[o] = obj
+        self.events.object_added.emit(o)
+        return o
+
+    def _check_fits(self, o: int) -> int:
+        if o > np.iinfo(self.labels.dtype).max:
+            raise AnnotationError(f"object id {o} does not fit the {self.labels.dtype} labels")
+        return o
+
+    def _set_status(self, obj: AnnotatedObject, status: str) -> None:
+        if obj.status != status:
+            obj.status = status
+            self.events.status_changed.emit(obj.id, status)
+
+    def _touched(self, obj: AnnotatedObject) -> None:
+        """The object's prompts or masks changed (not from a propagation)."""
+        obj.version += 1
+        obj.propagated = False
+        self._set_status(obj, Status.EDITED if obj.committed else Status.DRAFT)
+        self._changed = True
+        self.events.object_changed.emit(obj.id)
+
+    # ------------------------------------------------------------------ prompts
+    def add_prompt(self, obj_id, index, points=None, point_labels=None, box=None, mask=None):
+        """Set the prompt of object ``obj_id`` on slice ``index`` (replacing one there), predict
+        that slice (one decoder call) and store its mask (candidate 0, the best). Returns the
+        :class:`~napari_sam_stack.Prediction`. Coordinates as :meth:`Session.predict`."""
+        obj = self._object(obj_id)
+        i = self.session._index(index)
+        prompt = make_prompt(self.session.frames.frame_shape, _in_slice(points, i), point_labels, box, mask)
+        pred = None
+        if mask_only(prompt):
+            conf = mask_confidence(prompt.mask)
+        else:
+            pred, logits = self._predict(prompt, i)
+            conf = confidence(logits[0], 0.0)
+        obj.prompts[i] = prompt
+        obj.candidate.pop(i, None)
+        obj.masks.set(i, conf)
+        self._sync_session(obj, i)
+        self._touched(obj)
+        return pred
+
+    def remove_prompt(self, obj_id, index=None) -> None:
+        """Forget the object's prompt on slice ``index`` (every slice when None); its masks stay."""
+        obj = self._object(obj_id)
+        gone = list(obj.prompts) if index is None else [self.session._index(index)]
+        for i in gone:
+            obj.prompts.pop(i, None)
+            obj.candidate.pop(i, None)
+            self._sync_session(obj, i)
+        self._touched(obj)
+
+    def predict(self, obj_id, index):
+        """The :class:`~napari_sam_stack.Prediction` for the object's prompt on slice ``index`` (nothing stored)."""
+        obj = self._object(obj_id)
+        i = self.session._index(index)
+        if i not in obj.prompts:
+            raise AnnotationError(f"object {obj.id} has no prompt on slice {i} (prompts on {obj.prompted()})")
+        return self._predict(obj.prompts[i], i)[0]
+
+    def set_candidate(self, obj_id, index, k: int) -> None:
+        """Choose SAM's candidate ``k`` (0 = best) for the object's prompt on slice ``index``;
+        propagation then starts from that mask."""
+        obj = self._object(obj_id)
+        i = self.session._index(index)
+        if i not in obj.prompts:
+            raise AnnotationError(f"object {obj.id} has no prompt on slice {i} (prompts on {obj.prompted()})")
+        pred, logits = self._predict(obj.prompts[i], i)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < len(pred):
+            raise AnnotationError(f"candidate must be 0..{len(pred) - 1} for this prompt, got {k!r}")
+        obj.candidate[i] = int(k)
+        obj.masks.set(i, confidence(logits[k], 0.0))
+        self._sync_session(obj, i)
+        self._touched(obj)
+
+    def _predict(self, prompt: Prompt, i: int):
+        """(Prediction, its full-resolution logits (K, Y, X)) for ``prompt`` on slice ``i``, best first."""
+        from .predict import Prediction, _threshold, predict_logits, use_multimask
+
+        model = self.session.model
+        full, scores, low = predict_logits(model, self.session.embeddings.get(i), prompt, use_multimask(prompt, None))
+        order = np.argsort(-scores, kind="stable")
+        full = full[order] - _threshold(model)
+        return Prediction(full > 0, scores[order], low[order]), full
+
+    def _sync_session(self, obj: AnnotatedObject, i: int) -> None:
+        """Set ``obj.conditioning[i]`` (see :class:`AnnotatedObject`) from its prompt there."""
+        prompt = obj.prompts.get(i)
+        chosen = obj.masks.mask(i)
+        if prompt is None:
+            obj.conditioning.pop(i, None)
+        elif mask_only(prompt) or (obj.candidate.get(i, 0) == 0 and prompt.mask is None):
+            obj.conditioning[i] = prompt
+        elif chosen is not None:
+            obj.conditioning[i] = Prompt(mask=chosen)
+        elif prompt.points is not None or prompt.box is not None:
+            obj.conditioning[i] = Prompt(prompt.points, prompt.labels, prompt.box)
+        else:
+            obj.conditioning.pop(i, None)
+        self._attach(obj)
+
+    def _attach(self, obj: AnnotatedObject) -> None:
+        """Make the session propagate ``obj`` from its conditioning (or not at all without one)."""
+        if obj.conditioning:
+            self.session.prompts[obj.id] = obj.conditioning
+        else:
+            self.session.prompts.pop(obj.id, None)
+
+    def mask(self, obj_id, index) -> np.ndarray | None:
+        """The latest (Y, X) bool mask of the object on slice ``index`` (predict/propagate), or None."""
+        return self._object(obj_id).masks.mask(self.session._index(index))
+
+    # ------------------------------------------------------------------ propagation
+    def propagation(self, obj_ids=None, progress=None, cancel=None, start=None, stop=None,
+                    max_absent=None) -> PropagationRun:
+        """A propagation of ``obj_ids`` (default: every object with prompts) in ONE batched run.
+
+        Iterate it (e.g. in a worker thread) for ``(index, (Y, X) uint32 labels of the run's
+        objects)`` as slices finish, then call ``run.apply()`` (e.g. on the main thread) to
+        store the masks. Prompts are taken now: later edits do not change the run, and
+        ``apply`` skips objects whose prompts changed or that were deleted meanwhile.
+        """
+        if obj_ids is None:
+            ids = [o for o, obj in self.objects.items() if obj.conditioning]
+            if not ids:
+                raise AnnotationError("nothing to propagate: no object has a prompt (a.add_prompt(i, index, points=...))")
+        else:
+            ids = list(dict.fromkeys(self._object(o).id for o in check_ids(obj_ids)))
+            for o in ids:
+                if not self.objects[o].conditioning:
+                    raise AnnotationError(f"object {o} has no prompt to propagate")
+        if max_absent is not None and (isinstance(max_absent, bool) or not isinstance(max_absent, (int, np.integer))
+                                       or max_absent < 1):
+            raise AnnotationError(f"max_absent must be a positive number of slices or None, got {max_absent!r}")
+        n = len(self.session)
+        lo = 0 if start is None else self.session._index(start)
+        hi = n - 1 if stop is None else self.session._index(stop)
+        if hi < lo:
+            raise AnnotationError(f"empty range: start={lo} > stop={hi}")
+        frames = self.session.iter_propagate(progress, cancel, start=lo, stop=hi, max_absent=max_absent, obj_ids=ids)
+        return PropagationRun(self, ids, lo, hi, frames)
+
+    def propagate(self, obj_ids=None, progress=None, cancel=None, start=None, stop=None, max_absent=None) -> list[int]:
+        """Propagate ``obj_ids`` (default: every object with prompts) in one batched run and
+        store their masks (``logits > 0``); status -> propagated (edited if committed).
+
+        ``progress(done, total)``; ``cancel()`` returning True raises
+        :class:`~napari_sam_stack.errors.Cancelled` and stores nothing. Returns the ids updated.
+        """
+        run = self.propagation(obj_ids, progress, cancel, start, stop, max_absent)
+        for _ in run:
+            pass
+        return run.apply()
+
+    # ------------------------------------------------------------------ labels
+    def _write(self, edit: LabelsEdit) -> None:
+        if len(edit):
+            self.labels_writer(edit)
+            if self._dirty_slices is not None:
+                self._dirty_slices.update(edit.slices())
+            self._changed = True
+            self.events.labels_changed.emit(edit)
+
+    def commit(self, obj_ids=None, overwrite: bool = False) -> LabelsEdit:
+        """Write objects' masks into ``a.labels`` as ONE edit (one undo step in napari).
+
+        Default: every object not committed or edited since, that has a mask. Overlap rule:
+        never overwrites pixels of another label unless ``overwrite=True``; re-committing an
+        object replaces exactly its previous pixels; among the objects of one commit each
+        pixel goes to the highest logit. Autosaves afterwards (when enabled).
+        """
+        if obj_ids is None:
+            ids = [o for o, obj in self.objects.items() if obj.status != Status.COMMITTED and len(obj.masks)]
+            if not ids:
+                raise AnnotationError("nothing to commit: every object with a mask is committed already")
+        else:
+            ids = list(dict.fromkeys(self._object(o).id for o in check_ids(obj_ids)))
+            for o in ids:
+                if not len(self.objects[o].masks):
+                    raise AnnotationError(f"object {o} has no mask to commit (add a prompt or propagate; "
+                                          "a.delete(i) removes its pixels)")
+        edit = commit_edit(self.labels, {o: self.objects[o].masks for o in ids}, overwrite=bool(overwrite))
+        self._write(edit)
+        written = set(np.unique(edit.values).tolist())
+        for o in ids:
+            obj = self.objects[o]
+            if o in written or (self.labels == o).any():  # (unchanged pixels of a re-commit)
+                obj.committed = True
+                self._set_status(obj, Status.COMMITTED)
+            else:  # every pixel lies on other labels
+                obj.committed = False
+                self._set_status(obj, Status.PROPAGATED if obj.propagated else Status.DRAFT)
+                warnings.warn(f"object {o}: all its pixels lie on other labels, nothing written "
+                              "(commit(..., overwrite=True) replaces them)", stacklevel=2)
+        self._changed = True
+        self._autosave_after_change()
+        return edit
+
+    def delete(self, obj_id) -> LabelsEdit:
+        """Remove the object and its committed pixels (one edit). An undo in napari followed
+        by :meth:`sync_labels` brings it back."""
+        obj = self._object(obj_id)
+        edit = delete_edit(self.labels, [obj.id])
+        self._write(edit)
+        del self.objects[obj.id]
+        self.session.prompts.pop(obj.id, None)
+        self._deleted[obj.id] = obj
+        self._changed = True
+        self.events.object_removed.emit(obj.id)
+        self._autosave_after_change()
+        return edit
+
+    def sync_labels(self) -> None:
+        """Re-derive statuses from ``a.labels`` after an undo/redo or painting in napari."""
+        present = present_ids(self.labels)
+        self._top_id = max([self._top_id, *present])
+        for o, obj in list(self._deleted.items()):
+            if o in present:  # an undone delete
+                del self._deleted[o]
+                obj.committed = True
+                obj.status = Status.COMMITTED
+                self.objects[o] = obj
+                self._attach(obj)
+                self.events.object_added.emit(o)
+        for obj in self.objects.values():
+            if obj.committed and obj.id not in present:
+                obj.committed = False
+                self._set_status(obj, Status.PROPAGATED if obj.propagated else Status.DRAFT)
+            elif not obj.committed and obj.id in present:
+                obj.committed = True
+                self._set_status(obj, Status.COMMITTED)
+        self._dirty_slices = None  # unknown: the next autosave writes every slice
+        self._changed = True
+
+    def preview_labels(self, index, obj_ids=None) -> np.ndarray:
+        """(Y, X) uint32: the masks on slice ``index`` of the objects not committed (or edited
+        since), or of ``obj_ids``; overlaps go to the highest logit."""
+        i = self.session._index(index)
+        if obj_ids is None:
+            stacks = [o.masks for o in self.objects.values() if o.status != Status.COMMITTED]
+            ids = [o.id for o in self.objects.values() if o.status != Status.COMMITTED]
+        else:
+            ids = [self._object(o).id for o in check_ids(obj_ids)]
+            stacks = [self.objects[o].masks for o in ids]
+        return winners(self.session.frames.frame_shape, i, dict(zip(ids, stacks)))[1]
+
+    # ------------------------------------------------------------------ more
+    def add_automatic(self, key_slices, **params):
+        """Objects from segment-everything on ``key_slices`` (see :mod:`napari_sam_stack.automatic`)."""
+        from . import automatic
+
+        return automatic.add_automatic(self, key_slices, **params)
+
+    def save(self, path, overwrite: bool = False):
+        """Save the project folder (see :mod:`napari_sam_stack.project`)."""
+        from .project import save
+
+        return save(self, path, overwrite=overwrite)
+
+    @classmethod
+    def open(cls, path, image=None, model=None, **kw) -> Annotation:
+        """Open a saved project (see :func:`napari_sam_stack.project.open_project`)."""
+        from .project import open_project
+
+        return open_project(path, image=image, model=model, **kw)
+
+    @property
+    def autosave_path(self):
+        """This image's autosave folder under the user cache."""
+        from .project import autosave_dir
+
+        return autosave_dir(self.session)
+
+    @staticmethod
+    def find_autosave(image, axis=0, **frames_options):
+        """The latest autosave of this image (path), or None."""
+        from .project import find_autosave
+
+        return find_autosave(image, axis, **frames_options)
+
+    def maybe_autosave(self, force: bool = False):
+        """Autosave when something changed and ``autosave_every`` seconds passed (or ``force``);
+        returns the path written or None. Call it from a timer; no thread runs in the core."""
+        due = time.monotonic() - self._last_autosave >= self.autosave_every
+        if not self.autosave or not self._changed or not (due or force):
+            return None
+        from .project import autosave
+
+        return autosave(self)
+
+    def discard_autosave(self) -> None:
+        """Remove this image's autosaves (e.g. once the project is saved where the user wants it)."""
+        from .project import discard_autosave
+
+        discard_autosave(self.session)
+
+    def _autosave_after_change(self) -> None:
+        self.maybe_autosave(force=True)
+
+
+__all__ = ["Annotation", "AnnotatedObject", "AnnotationEvents", "LabelsEdit", "PropagationRun", "Status"]
