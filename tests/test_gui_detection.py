@@ -110,6 +110,18 @@ def test_missing_packages_agrees_with_dpkg():
         assert (pkg in missing) == (status.stdout != "installed"), pkg
 
 
+def test_a_renamed_library_that_provides_the_old_name_counts_as_installed(monkeypatch):
+    monkeypatch.setattr(_display.shutil, "which", lambda name: "/usr/bin/" + name)
+    rows = [f"installed|{p}|" for p in _display.SYSTEM_PACKAGES if p not in {"libglib2.0-0", "xvfb", "libgl1"}]
+    rows += ["installed|libglib2.0-0t64|libglib2.0-0 (= 2.80.0-6ubuntu1), libgio-2.0-0",
+             "config-files|xvfb|", "installed|libgl1-dev|"]
+
+    def dpkg_query(cmd, **kw):
+        assert cmd[:2] == ["dpkg-query", "-W"]
+        return subprocess.CompletedProcess(cmd, 0, stdout="\n".join(rows) + "\n", stderr="")
+    assert _display.missing_packages(run=dpkg_query) == ["xvfb", "libgl1"]
+
+
 class _Apt:
     """Stands in for subprocess.run: records commands; `sudo -n true` answers `sudo_ok`, apt-get `apt_rc`."""
 

@@ -45,16 +45,18 @@ print("OK", app.platformName(), flush=True)
 """
 
 
-def missing_packages() -> list[str] | None:
+def missing_packages(run=subprocess.run) -> list[str] | None:
     """The packages of :data:`SYSTEM_PACKAGES` that are not installed; None where dpkg is not available."""
     if not shutil.which("dpkg-query"):
         return None
-    r = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *SYSTEM_PACKAGES],
-        capture_output=True, text=True,
-    )
-    installed = {ln.split()[0] for ln in r.stdout.splitlines() if ln.endswith(" installed")}
-    return [p for p in SYSTEM_PACKAGES if p not in installed]
+    r = run(["dpkg-query", "-W", "-f=${db:Status-Status}|${Package}|${Provides}\n"],
+                       capture_output=True, text=True)
+    have = set()
+    for line in r.stdout.splitlines():
+        status, name, provides = (line.split("|") + ["", ""])[:3]
+        if status == "installed":  # a renamed library (Ubuntu 24.04's libglib2.0-0t64) provides the old name
+            have.update([name], (p.split()[0] for p in provides.split(",") if p.strip()))
+    return [p for p in SYSTEM_PACKAGES if p not in have]
 
 
 def _root() -> bool:
