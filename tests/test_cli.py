@@ -1,7 +1,11 @@
-"""The console script, run in-process through cli.main with real files."""
+"""The console script end to end, in-process through cli.main, on generated files and a tiny
+random-weight SAM 2 checkpoint loaded through the real loader."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,28 +13,23 @@ import pytest
 import tifffile
 
 import napari_sam_stack
-from napari_sam_stack import Session, cli, load_model
+from napari_sam_stack import Session, cli, io, load_model
+from napari_sam_stack.testing import synthetic_nuclei
 
 DATA = Path(napari_sam_stack.__file__).parent / "data"  # real stardist nuclei, shipped with the package
 
 
-def test_models_lists_registry(capsys):
-    assert cli.main(["models"]) == 0
-    out = capsys.readouterr().out
-    assert "sam2.1_hiera_tiny" in out and "dl.fbaipublicfiles.com" in out and "weights cache" in out
-
-
-def test_bad_input_is_a_message_not_a_traceback(tmp_path, capsys):
-    tifffile.imwrite(tmp_path / "s.tif", np.zeros((2, 8, 8), np.uint8))
-    assert cli.main(["embed", str(tmp_path / "s.tif"), "--model", "nope"]) == 2
-    assert "Valid names" in capsys.readouterr().err
-    assert cli.main(["embed", str(tmp_path / "missing.tif")]) == 2
-    assert "missing.tif" in capsys.readouterr().err
-    for bad in ("1,2", "1.5,2,3", "a,b,c"):
-        with pytest.raises(SystemExit):
-            cli.main(["segment", str(tmp_path / "s.tif"), "--point", bad, "--out", str(tmp_path / "o.tif")])
-        err = capsys.readouterr().err
-        assert "--point" in err and ("slice,row,col" in err or "whole number" in err)
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A uint16 z-stack (TIFF), the same as OME-TIFF ZCYX (2 channels), as a TYX time series and as OME-Zarr."""
+    d = tmp_path_factory.mktemp("inputs")
+    image, truth = synthetic_nuclei((6, 61, 57), n_nuclei=4, seed=3)
+    tifffile.imwrite(d / "stack.tif", image)
+    zcyx = np.stack([image // 2, image], axis=1)
+    tifffile.imwrite(d / "zcyx.ome.tif", zcyx, metadata={"axes": "ZCYX"}, ome=True)
+    tifffile.imwrite(d / "time.ome.tif", image, metadata={"axes": "TYX"}, ome=True)
+    io.write_labels(d / "stack.zarr", image, axes="ZYX")  # an OME-Zarr image (write_labels keeps any integer dtype)
+    return {"dir": d, "image": image, "truth": truth, "zcyx": zcyx}
 
 
 @pytest.fixture
@@ -39,73 +38,178 @@ def common(sam2_files, tmp_path):
     return ["--checkpoint", str(ckpt), "--config", str(config), "--device", "cpu", "--cache-dir", str(tmp_path / "c")]
 
 
-def test_embed_then_segment_from_seed_labels(sam2_files, common, tmp_path, capsys):
+def _expected(sam2_model, image, prompts, **frames):
+    """Session.propagate on the same prompts: what the CLI must write."""
+    s = Session(image, sam2_model, in_memory=True, **frames)
+    for obj, index, kw in prompts:
+        s.add_prompt(obj, index, **kw)
+    return s.propagate()
+
+
+def test_models_lists_registry(capsys):
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "sam2.1_hiera_tiny" in out and "dl.fbaipublicfiles.com" in out and "weights cache" in out
+
+
+def test_console_script_and_module_run(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "napari_sam_stack.cli", "segment", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "examples:" in out.stdout and "--prompts" in out.stdout and "--max-absent" in out.stdout
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "napari-sam-stack"]
+    assert ep.load() is cli.main
+
+
+def test_embed_info_then_segment_from_json(files, sam2_model, common, tmp_path, capsys):
+    stack = files["dir"] / "stack.tif"
+    assert cli.main(["embed", str(stack), *common]) == 0
+    out, err = capsys.readouterr()
+    assert "6 slices to embed, about" in out and "MB per slice" in out and "6 slices embedded" in out
+    assert "FutureWarning" not in err and "0slice" not in err
+    assert cli.main(["embed", str(stack), *common]) == 0
+    out, err = capsys.readouterr()
+    assert "all 6 slices already in the cache" in out and "slice/s" not in err  # no empty bar
+    assert cli.main(["cache", "info", "--cache-dir", str(tmp_path / "c")]) == 0
+    info = capsys.readouterr().out
+    assert "stack.tif" in info and "6x61x57" in info and "6/6 slices" in info and "sam2_tiny" in info and "1 stack" in info
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps([{"obj": 1, "index": 2, "points": [[20, 30], [25, 31]], "labels": [1, 0]},
+                                   {"obj": 7, "index": 3, "box": [50, 10, 61, 22]}]))  # touches the bottom edge
+    out = tmp_path / "labels.tif"
+    assert cli.main(["segment", str(stack), "--prompts", str(prompts), "--out", str(out), *common]) == 0
+    assert "wrote" in capsys.readouterr().out
+    labels = tifffile.imread(out)
+    assert labels.shape == (6, 61, 57) and labels.dtype == np.uint32
+    expected = _expected(sam2_model, files["image"], [
+        (1, 2, {"points": [[20, 30], [25, 31]], "point_labels": [1, 0]}),
+        (7, 3, {"box": [49.5, 9.5, 60.5, 21.5]})])  # pixel bounds -> napari coordinates
+    np.testing.assert_array_equal(labels, expected)
+    assert set(np.unique(labels)) <= {0, 1, 7}
+
+
+def test_segment_from_napari_points_and_shapes_csv(files, sam2_model, common, tmp_path):
+    from napari_builtins.io._write import napari_write_points, napari_write_shapes
+
+    pts = tmp_path / "points.csv"  # what napari's File > Save Selected Layers writes for the widget's points layer
+    napari_write_points(str(pts), np.array([[2, 20, 30], [2, 25, 31], [4, 40, 12]], float),
+                        {"properties": {"label": np.array(["positive", "negative", "positive"])}})
+    boxes = tmp_path / "boxes.csv"
+    rect = np.array([[3, 49.5, 9.5], [3, 49.5, 21.5], [3, 60.5, 21.5], [3, 60.5, 9.5]])
+    napari_write_shapes(str(boxes), [rect], {"shape_type": ["rectangle"]})
+    out = tmp_path / "l.zarr"
+    assert cli.main(["segment", str(files["dir"] / "stack.tif"), "--prompts", str(pts), "--prompts", str(boxes),
+                     "--obj", "3", "--out", str(out), *common]) == 0
+    labels = np.asarray(io.read_image(out).data)
+    expected = _expected(sam2_model, files["image"], [
+        (3, 2, {"points": [[20, 30], [25, 31]], "point_labels": [1, 0]}),
+        (3, 4, {"points": [[40, 12]], "point_labels": [1]}),
+        (3, 3, {"box": [49.5, 9.5, 60.5, 21.5]})])  # the rectangle joins the --obj object, ids follow from --obj
+    np.testing.assert_array_equal(labels, expected)
+    assert labels.dtype == np.uint32
+
+
+def test_ome_tiff_zcyx_channel_and_time_series(files, sam2_model, common, tmp_path, capsys):
+    zcyx, out = files["dir"] / "zcyx.ome.tif", tmp_path / "z.tif"
+    assert cli.main(["embed", str(zcyx), *common]) == 2  # two channels: which?
+    err = capsys.readouterr().err.strip()
+    assert "2 channels" in err and "--channel 0" in err and len(err.splitlines()) == 1
+    args = ["--point", "2,20,30", "--channel", "1", "--stop", "4", "--max-absent", "3", *common]
+    assert cli.main(["segment", str(zcyx), "--out", str(out), *args]) == 0
+    s = Session(files["zcyx"], sam2_model, axis=0, channel_axis=1, channel=1, in_memory=True)
+    s.add_prompt(1, 2, points=[[20, 30]])
+    np.testing.assert_array_equal(tifffile.imread(out), s.propagate(stop=4, max_absent=3))
+    t_out = tmp_path / "t.tif"
+    assert cli.main(["segment", str(files["dir"] / "time.ome.tif"), "--point", "1,20,30", "--out", str(t_out), *common]) == 0
+    img = io.read_image(t_out)
+    assert img.axes == "TYX" and img.shape == (6, 61, 57)
+
+
+def test_ome_zarr_input(files, sam2_model, common, tmp_path):
+    out = tmp_path / "o.tif"
+    assert cli.main(["segment", str(files["dir"] / "stack.zarr"), "--point", "3,30,28", "--out", str(out), *common]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out), _expected(sam2_model, files["image"], [(1, 3, {"points": [[30, 28]]})]))
+
+
+def test_seed_labels_from_real_nuclei(sam2_files, common, tmp_path):
     """Annotate one slice of the real nuclei stack, propagate it headless, get those ids back."""
-    image = tifffile.imread(DATA / "img3d.tif")[:10]
-    truth = tifffile.imread(DATA / "mask3d.tif")[:10].astype(np.uint16)
-    z = 5
+    image = tifffile.imread(DATA / "img3d.tif")[:6]
+    truth = tifffile.imread(DATA / "mask3d.tif")[:6].astype(np.uint16)
+    z = 3
     ids, sizes = np.unique(truth[z], return_counts=True)
     keep = ids[1:][np.argsort(sizes[1:])[-3:]]  # the three largest nuclei on that slice
     truth = np.where(np.isin(truth, keep), truth, 0).astype(np.uint16)
     img_path, seed_path, out = tmp_path / "stack.tif", tmp_path / "seed.tif", tmp_path / "labels.tif"
     tifffile.imwrite(img_path, image)
     tifffile.imwrite(seed_path, truth)
-    assert cli.main(["embed", str(img_path), *common]) == 0
-    assert "10 slices embedded" in capsys.readouterr().out
-    assert cli.main(["cache", "info", "--cache-dir", str(tmp_path / "c")]) == 0
-    assert "10/10 slices of 61x57" in capsys.readouterr().out.replace(" x ", "x")
     assert cli.main(["segment", str(img_path), *common, "--seed-labels", str(seed_path), "--seed-slice", str(z),
                      "--out", str(out)]) == 0
     labels = tifffile.imread(out)
-    assert labels.shape == image.shape
-    ids = np.unique(truth[z])[1:]
-    assert set(np.unique(labels[z])[1:]) == set(ids)  # every seeded object, under its own id
-    for obj in ids:  # a mask prompt is SAM 2's output on its slice, up to resampling at the edges
+    assert labels.shape == image.shape and labels.dtype == np.uint32
+    assert set(np.unique(labels[z])[1:]) == set(keep)  # every seeded object, under its own id
+    for obj in keep:  # a mask prompt is SAM 2's output on its slice, up to resampling at the edges
         a, b = labels[z] == obj, truth[z] == obj
         assert (a & b).sum() / (a | b).sum() > 0.7, obj
 
 
-def test_points_on_one_slice_form_one_prompt(sam2_files, common, tmp_path):
-    ckpt, config = sam2_files
-    image = tifffile.imread(DATA / "img3d.tif")[:8]
-    path, out = tmp_path / "stack.tif", tmp_path / "labels.tif"
-    tifffile.imwrite(path, image)
-    assert cli.main(["segment", str(path), *common, "--point", "3,20,30", "--point", "3,25,31",
-                     "--point", "6,40,12", "--out", str(out)]) == 0
-    s = Session(image, load_model(checkpoint=ckpt, config=config, device="cpu"), axis=0, in_memory=True)
-    s.add_prompt(1, 3, points=[[20, 30], [25, 31]], point_labels=[1, 1])
-    s.add_prompt(1, 6, points=[[40, 12]], point_labels=[1])
-    expected = np.zeros(image.shape, np.uint8)
-    for index, logits in s.iter_propagate():
-        expected[index] = logits[1] > 0
-    np.testing.assert_array_equal(tifffile.imread(out), expected)
+def test_auto_on_a_stack_and_a_2d_image(files, common, tmp_path, capsys):
+    out = tmp_path / "auto.tif"
+    assert cli.main(["auto", str(files["dir"] / "stack.tif"), "--out", str(out), "--key-slices", "2",
+                     "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0", *common]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (6, 61, 57) and labels.dtype == np.uint32
+    assert "instance" in capsys.readouterr().out
+    img2d = tmp_path / "one.tif"
+    tifffile.imwrite(img2d, files["image"][2])
+    out2 = tmp_path / "one_labels.tif"
+    assert cli.main(["auto", str(img2d), "--out", str(out2), "--points-per-side", "4", "--pred-iou-thresh", "0",
+                     "--stability-score-thresh", "0", *common]) == 0
+    assert tifffile.imread(out2).shape == (61, 57)
 
 
-def test_cache_clear(sam2_files, common, tmp_path, capsys):
-    path = tmp_path / "s.tif"
-    tifffile.imwrite(path, tifffile.imread(DATA / "img3d.tif")[:3])
-    assert cli.main(["embed", str(path), *common]) == 0
-    assert cli.main(["cache", "clear", "--cache-dir", str(tmp_path / "c")]) == 0
+def test_folder_run_with_one_bad_file_goes_on(files, common, tmp_path, capsys):
+    folder, results = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    results.mkdir()
+    for k in range(2):
+        tifffile.imwrite(folder / f"s{k}.tif", files["image"][:3] + k, photometric="minisblack")
+    (folder / "broken.tif").write_bytes(b"II*\x00 not really a tiff")
+    (folder / "notes.txt").write_text("not an image: skipped")
+    assert cli.main(["embed", str(folder), *common]) == 1
     out = capsys.readouterr().out
-    assert "freed" in out and "0 stack(s)" in out
+    assert "broken.tif" in out and "2 stacks embedded, 1 failed" in out
+    assert cli.main(["auto", str(folder / "*.tif"), "--out", str(results), "--every", "2", "--points-per-side", "2",
+                     *common]) == 1
+    out = capsys.readouterr().out
+    assert "2 stacks segmented, 1 failed" in out and "error: broken.tif" in out
+    assert sorted(p.name for p in results.iterdir()) == ["s0_labels.tif", "s1_labels.tif"]
 
 
-def test_segment_bad_seeds_prompts_and_output_are_messages(sam2_files, common, tmp_path, capsys):
-    path = tmp_path / "s.tif"
-    tifffile.imwrite(path, tifffile.imread(DATA / "img3d.tif")[:4])
-    seeds = tmp_path / "seeds.tif"
-    tifffile.imwrite(seeds, np.zeros((4, 61, 57), np.uint16))
-    bad_json = tmp_path / "p.json"
-    bad_json.write_text('[{"index": 1, "points": [[3, 4]]}]')
-    cases = [
-        (["--seed-labels", str(seeds), "--seed-slice", "99"], "out of range"),
-        (["--prompts", str(bad_json)], "expected a JSON list"),
-        (["--point", "1,3,4", "--out", str(tmp_path / "nowhere" / "o.tif")], "does not exist"),
-    ]
-    for extra, msg in cases:
-        argv = ["segment", str(path), *common, *extra]
-        if "--out" not in extra:
-            argv += ["--out", str(tmp_path / "o.tif")]
-        assert cli.main(argv) == 2
-        assert msg in capsys.readouterr().err
-    assert not (tmp_path / "o.tif").exists()
+def test_cache_dir_that_is_a_file_or_empty(files, common, tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    base = [a for a in common if a not in ("--cache-dir", str(tmp_path / "c"))]
+    for bad, msg in ((str(f), "is a file"), ("", "empty path")):
+        assert cli.main(["embed", str(files["dir"] / "stack.tif"), *base, "--cache-dir", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1 and "embedded" not in err
+    assert f.read_text() == "x"
+
+
+def test_cache_clear_one_entry(files, common, tmp_path, capsys):
+    cache = tmp_path / "c"
+    stack = files["dir"] / "stack.tif"
+    assert cli.main(["embed", str(stack), *common]) == 0
+    assert cli.main(["embed", str(files["dir"] / "zcyx.ome.tif"), "--channel", "0", "--batch-size", "2", *common]) == 0
+    capsys.readouterr()
+    entries = sorted(p.name for p in cache.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(entries) == 2
+    (cache / "keep-me").mkdir()
+    assert cli.main(["cache", "clear", entries[0][:8], "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "freed" in out and "1 stack" in out
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted([entries[1], "keep-me"])
+    assert cli.main(["cache", "clear", "nothing-like-it", "--cache-dir", str(cache)]) == 2
+    assert cli.main(["cache", "clear", "--cache-dir", str(cache)]) == 0
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == ["keep-me"]

@@ -248,6 +248,7 @@ def load_model(
     loaded = _load_file(path, config, model_type, overrides, dev, family=family)
     loaded.name = path.name
     loaded.identity = "sha256:" + (digest or file_sha256_cached(path)) + loaded.identity
+    loaded.extra.update(checkpoint=str(path.resolve()), model_type=model_type)  # to rebuild it elsewhere (distributed)
     return loaded
 
 

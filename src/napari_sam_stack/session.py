@@ -80,12 +80,19 @@ class Session:
 
     # ------------------------------------------------------------------ embeddings
     def compute_embeddings(
-        self, progress: Callable[[int, int], Any] | None = None, cancel: Callable[[], bool] | None = None, **kw
+        self, progress: Callable[[int, int], Any] | None = None, cancel: Callable[[], bool] | None = None, *,
+        client=None, **kw
     ) -> bool:
         """Encode every slice once (cached); ``progress(done, total)``; ``cancel()`` returning True stops.
 
+        ``client``: a ``dask.distributed.Client``: the slices are encoded on its workers into
+        the same on-disk cache (see :mod:`napari_sam_stack.distributed`).
         Returns True when every slice is embedded, False when cancelled (what finished is kept).
         """
+        if client is not None:
+            from .distributed import compute_embeddings
+
+            return compute_embeddings(self, client, progress=progress, cancel=cancel, **kw)
         return self.embeddings.compute(progress=progress, cancel=cancel, **kw)
 
     # ------------------------------------------------------------------ 2D

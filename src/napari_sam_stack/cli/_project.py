@@ -1,0 +1,43 @@
+"""``segment --project``: run on a saved annotation project, or write one (Annotation save / open)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import _common as c
+
+
+def run_project(args, project: Path, img, opts, model, items, seeds):
+    """Open ``project`` (with IMAGE when given, else the image it names) or make one from IMAGE;
+    add the prompts, propagate every object with prompts, commit them, save the project.
+    Returns ``(labels, axes)``."""
+    from ..annotation import Annotation
+
+    if project.exists():
+        kw = {"image": img.data, **opts} if img is not None else {}
+        a = Annotation.open(project, model=model, cache_dir=args.cache_dir, **kw) if kw else \
+            Annotation.open(project, model=model, cache_dir=args.cache_dir)
+    else:
+        a = Annotation(img.data, model, cache_dir=args.cache_dir, **opts)
+        a.source = str(Path(args.image).resolve())
+    for it in items:
+        if it.obj not in a.objects:
+            a.new_object(it.obj)
+        a.add_prompt(it.obj, it.index, **it.kwargs())
+    for o, mask in seeds.items():
+        if o not in a.objects:
+            a.new_object(o)
+        a.add_prompt(o, args.seed_slice, mask=mask)
+    todo = [o for o, obj in a.objects.items() if obj.prompts]
+    if todo and a.session.model.family == "sam2" and len(a.session) > 1:
+        with c.Progress("propagate") as bar:
+            a.propagate(todo, progress=bar, start=args.start, stop=args.stop, max_absent=args.max_absent)
+    if todo:
+        a.commit(todo, overwrite=True)
+    a.save(project, overwrite=True)
+    print(f"saved project {project}: {c.plural(len(a.objects), 'object')}")
+    axis = a.session.axis
+    letter = "Z" if img is None or axis is None else (img.axes[axis] if img.axes[axis] in "TZ" else "Z")
+    return np.asarray(a.labels, np.uint32), ("YX" if axis is None else letter + "YX")

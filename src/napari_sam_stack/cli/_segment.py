@@ -1,0 +1,194 @@
+"""``segment``: prompts from flags or files -> SAM 2 propagation -> a labels file / a project."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PromptError, SamStackError
+from . import _common as c
+from ._prompts import Item, View, read_prompts
+
+EXAMPLES = """examples:
+  napari-sam-stack segment stack.tif --point 12,140,96 --out labels.tif
+  napari-sam-stack segment stack.tif --box 12,100,80,160,120 --negative 12,130,90 --out labels.tif
+  napari-sam-stack segment stack.ome.tif --prompts prompts.json --out labels.zarr
+  napari-sam-stack segment stack.tif --prompts points.csv --prompts boxes.csv --out labels.tif
+  napari-sam-stack segment tzyx.tif --axis z --fixed t=3 --prompts p.json --start 5 --stop 40 --out l.tif
+  napari-sam-stack segment stack.tif --prompts p.json --project stack.sam     (write a project for napari)
+  napari-sam-stack segment --project stack.sam --out labels.tif                (re-run a saved project)
+
+prompt files: our JSON (a list of {"obj", "index", "points", "labels", "box"}) or napari's
+Points / Shapes CSV (File > Save Selected Layers...). Boxes in JSON are pixel bounds with the
+maximum exclusive: [0, 0, rows, cols] is the whole slice. See docs/cli.md."""
+
+
+def add(sub) -> None:
+    p = sub.add_parser("segment", help="prompt and propagate headless, write labels (and/or a project)",
+                       description="Segment objects from prompts on a few slices, propagated through the stack "
+                                   "with SAM 2; writes uint32 labels (0 = background).",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image", nargs="?", help="TIFF / OME-TIFF file or (OME-)zarr folder (optional with --project)")
+    g = p.add_argument_group("prompts")
+    g.add_argument("--point", action="append", type=c.point, metavar="SLICE,ROW,COL",
+                   help="a positive click on object --obj (repeatable; clicks on one slice form one prompt)")
+    g.add_argument("--negative", action="append", type=c.point, metavar="SLICE,ROW,COL",
+                   help="a negative click (background) on object --obj")
+    g.add_argument("--box", action="append", type=c.box, metavar="SLICE,R0,C0,R1,C1",
+                   help="a box on object --obj: rows R0..R1-1, cols C0..C1-1")
+    g.add_argument("--obj", type=c.obj_id, default=1, help="object id of --point/--negative/--box and CSV points (default 1)")
+    g.add_argument("--prompts", action="append", metavar="FILE", help="prompts file: JSON, or a napari Points/Shapes CSV (repeatable)")
+    g.add_argument("--seed-labels", help="labels TIFF: every object on --seed-slice becomes a mask prompt")
+    g.add_argument("--seed-slice", type=c.index, default=0, help="the slice of --seed-labels to start from")
+    g = p.add_argument_group("propagation")
+    g.add_argument("--start", type=c.index, help="first slice to propagate to (default: the first)")
+    g.add_argument("--stop", type=c.index, help="last slice to propagate to, inclusive (default: the last)")
+    g.add_argument("--max-absent", type=c.positive, help="stop a direction after this many slices without any object")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="labels file to write: .tif/.tiff (compressed) or .zarr (OME-Zarr), uint32")
+    g.add_argument("--project", help="annotation project folder (.sam): opened if it exists, else written")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--cache-dir", type=c.cache_dir, default=None, help="embeddings cache folder (default: the user cache)")
+    c.image_args(p)
+    c.model_args(p)
+    p.set_defaults(func=run)
+
+
+def _view(frames, opts, img) -> View:
+    spatial = frames.spatial_axes
+    return View(len(frames), frames.frame_shape, opts["axis"], spatial, frames.fixed, opts["channel_axis"], len(img.shape))
+
+
+def collect(args, view: View, frames) -> list[Item]:
+    """Every prompt from the flags and files, merged per (object, slice), checked against the image."""
+    items: list[Item] = []
+    for flag, label in (("point", 1), ("negative", 0)):
+        for z, r, col in getattr(args, flag) or []:
+            where = f"--{flag} {z},{r:g},{col:g}"
+            view.check_point(r, col, where)
+            items.append(Item(args.obj, view.check_index(z, where), [[r, col]], [label], where=where))
+    for z, r0, c0, r1, c1 in args.box or []:
+        where = f"--box {z},{r0:g},{c0:g},{r1:g},{c1:g}"
+        from ._prompts import _json_box
+
+        items.append(Item(args.obj, view.check_index(z, where), box=_json_box([r0, c0, r1, c1], view, where), where=where))
+    for path in args.prompts or []:
+        items += read_prompts(path, view, obj=args.obj)
+    merged: dict[tuple[int, int], Item] = {}
+    for it in items:
+        m = merged.get((it.obj, it.index))
+        if m is None:
+            merged[(it.obj, it.index)] = Item(it.obj, it.index, list(it.points), list(it.labels), it.box, it.where)
+            continue
+        if it.box is not None and m.box is not None:
+            raise PromptError(f"{it.where}: object {it.obj} already has a box on slice {it.index} ({m.where})")
+        m.points += it.points
+        m.labels += it.labels
+        m.box = m.box if it.box is None else it.box
+    return list(merged.values())
+
+
+def seed_masks(path: str, index: int, frames, view: View) -> dict[int, np.ndarray]:
+    """Slice ``index`` of a labels file shaped like the image (or one 2D labels plane): {id: mask}."""
+    from ..io import read_image
+
+    where = f"--seed-labels {path}"
+    seeds = read_image(path).data
+    shape = tuple(frames.frame_shape)
+    if tuple(seeds.shape) == shape:
+        plane = np.asarray(seeds)
+    elif len(seeds.shape) == 3 and tuple(seeds.shape[1:]) == shape:
+        if not 0 <= index < seeds.shape[0]:
+            raise PromptError(f"--seed-slice {index} is out of range: {Path(path).name} has {seeds.shape[0]} slices")
+        plane = np.asarray(seeds[index])
+    else:
+        raise PromptError(f"{where}: shape {tuple(seeds.shape)} is neither a {shape} slice nor a stack of them")
+    view.check_index(index, f"--seed-slice {index}")
+    if plane.dtype.kind not in "biu":
+        raise PromptError(f"{where}: labels must be integers, not {plane.dtype}")
+    ids = np.unique(plane)
+    ids = ids[ids != 0]
+    if len(ids) == 0:
+        raise PromptError(f"{where}: slice {index} holds no object")
+    if ids.min() < 0 or ids.max() > c.MAX_ID:
+        raise PromptError(f"{where}: ids must be 1..{c.MAX_ID}")
+    return {int(o): plane == o for o in ids}
+
+
+def run(args) -> int:
+    from ..io import check_output, write_labels
+
+    if args.image is None and args.project is None:
+        raise SamStackError("give an IMAGE (or --project PROJECT to re-run a saved project)")
+    if args.out is None and args.project is None:
+        raise SamStackError("give --out LABELS (a .tif or .zarr to write) and/or --project FOLDER")
+    project = Path(args.project).expanduser() if args.project else None
+    if args.start is not None and args.stop is not None and args.stop < args.start:
+        raise SamStackError(f"--stop {args.stop} is before --start {args.start}")
+    if args.image is None and not (project and project.exists()):
+        raise SamStackError(f"--project {args.project}: no such project (give an IMAGE to make one)")
+    protect = [p for p in (args.image, args.seed_labels, project, *(args.prompts or [])) if p]
+    if args.out:  # every check that needs no model, first
+        check_output(args.out, overwrite=args.overwrite, protect=protect)
+    if args.image is not None:
+        img, opts, frames = c.open_view(args.image, args)
+        view = _view(frames, opts, img)
+        items = collect(args, view, frames)
+        for name, v in (("--start", args.start), ("--stop", args.stop)):
+            if v is not None:
+                view.check_index(v, f"{name} {v}")
+        seeds = seed_masks(args.seed_labels, args.seed_slice, frames, view) if args.seed_labels else {}
+        if not items and not seeds and not (project and project.exists()):
+            raise SamStackError("no prompt: give --point, --box, --prompts FILE or --seed-labels")
+    else:
+        img = opts = None
+        items, seeds = [], {}
+        if args.point or args.box or args.prompts or args.seed_labels:
+            raise SamStackError("prompts need the IMAGE they are on: give it before the options")
+    model = c.load(args)
+    if project is not None:
+        from ._project import run_project
+
+        labels, axes = run_project(args, project, img, opts, model, items, seeds)
+    else:
+        from ..session import Session
+
+        s = Session(img.data, model, cache_dir=args.cache_dir, **opts)
+        for it in items:
+            s.add_prompt(it.obj, it.index, **it.kwargs())
+        for o, mask in seeds.items():
+            s.add_prompt(o, args.seed_slice, mask=mask)
+        labels = propagate(s, args)
+        axes = c.labels_axes(img, opts)
+    if args.out:
+        out = write_labels(args.out, labels if labels.shape[0] != 1 or axes != "YX" else labels[0],
+                           overwrite=args.overwrite, protect=protect, axes=axes)
+        ids = np.unique(labels)
+        on = int((labels.reshape(len(labels), -1) > 0).any(1).sum())
+        print(f"wrote {out}: {c.plural(len(ids) - (ids[0] == 0), 'object')} on {c.plural(on, 'slice')}, "
+              f"{'x'.join(map(str, labels.shape))} {labels.dtype}")
+    return 0
+
+
+def propagate(session, args) -> np.ndarray:
+    """Propagate every object of ``session`` into (N, Y, X) uint32 labels (a 2D image: its one slice)."""
+    labels = np.zeros(session.shape, np.uint32)
+    if session.model.family != "sam2" or len(session) == 1:  # SAM 1, or one 2D image: each prompt on its slice
+        return _predict_each(session, labels)
+    with c.Progress("propagate", "step") as bar:
+        out = session.propagate(progress=bar, start=args.start, stop=args.stop, max_absent=args.max_absent)
+    return np.asarray(out, np.uint32)
+
+
+def _predict_each(session, labels: np.ndarray) -> np.ndarray:
+    """No propagation (SAM 1 or a 2D image): each prompt's best mask on its own slice."""
+    from ..predict import predict
+
+    for o, by_slice in sorted(session.prompts.items()):
+        for i, prompt in by_slice.items():
+            r = predict(session.model, session.embeddings.get(i), prompt, multimask=None)
+            m = r.masks[int(np.argmax(r.scores))]
+            labels[i][m & (labels[i] == 0)] = o
+    return labels
