@@ -101,6 +101,33 @@ class PropagationRun:
         return done
 
 
+def predict_with_logits(session, prompt: Prompt, i: int):
+    """(Prediction, its full-resolution logits (K, Y, X) minus the mask threshold) for ``prompt``
+    on slice ``i``, best candidate first (SAM's advice on multimask)."""
+    from .predict import Prediction, _threshold, predict_logits, use_multimask
+
+    model = session.model
+    full, scores, low = predict_logits(model, session.embeddings.get(i), prompt, use_multimask(prompt, None))
+    order = np.argsort(-scores, kind="stable")
+    full = full[order] - _threshold(model)
+    return Prediction(full > 0, scores[order], low[order]), full
+
+
+def conditioning_for(obj: AnnotatedObject, i: int) -> Prompt | None:
+    """What propagation starts from on slice ``i`` (see :attr:`AnnotatedObject.conditioning`)."""
+    prompt = obj.prompts.get(i)
+    if prompt is None:
+        return None
+    if mask_only(prompt) or (obj.candidate.get(i, 0) == 0 and prompt.mask is None):
+        return prompt
+    chosen = obj.masks.mask(i)
+    if chosen is not None:
+        return Prompt(mask=chosen)
+    if prompt.points is not None or prompt.box is not None:
+        return Prompt(prompt.points, prompt.labels, prompt.box)
+    return None
+
+
 def mask_only(prompt: Prompt) -> bool:
     """A binary mask prompt without clicks or box."""
     return prompt.mask is not None and not prompt.mask_is_logits and prompt.points is None and prompt.box is None

@@ -17,13 +17,15 @@ import numpy as np
 
 from ._masks import LabelsEdit, MaskStack, apply_edit, commit_edit, confidence, delete_edit, mask_confidence
 from ._masks import present_ids, winners
-from ._objects import AnnotatedObject, AnnotationEvents, PropagationRun, Status, check_id, check_ids, mask_only
+from ._objects import AnnotatedObject, AnnotationEvents, PropagationRun, Status, check_id, check_ids, conditioning_for
+from ._objects import mask_only, predict_with_logits
+from ._persist import Persistence
 from .errors import AnnotationError
 from .prompts import Prompt, make_prompt
 from .session import Session, _in_slice
 
 
-class Annotation:
+class Annotation(Persistence):
     """Every object of one image or stack, and its committed labels.
 
     ``Annotation(image, model, axis=0, labels=None, **session_options)`` wraps a
@@ -193,29 +195,15 @@ class Annotation:
         self._touched(obj)
 
     def _predict(self, prompt: Prompt, i: int):
-        """(Prediction, its full-resolution logits (K, Y, X)) for ``prompt`` on slice ``i``, best first."""
-        from .predict import Prediction, _threshold, predict_logits, use_multimask
-
-        model = self.session.model
-        full, scores, low = predict_logits(model, self.session.embeddings.get(i), prompt, use_multimask(prompt, None))
-        order = np.argsort(-scores, kind="stable")
-        full = full[order] - _threshold(model)
-        return Prediction(full > 0, scores[order], low[order]), full
+        return predict_with_logits(self.session, prompt, i)
 
     def _sync_session(self, obj: AnnotatedObject, i: int) -> None:
         """Set ``obj.conditioning[i]`` (see :class:`AnnotatedObject`) from its prompt there."""
-        prompt = obj.prompts.get(i)
-        chosen = obj.masks.mask(i)
-        if prompt is None:
+        use = conditioning_for(obj, i)
+        if use is None:
             obj.conditioning.pop(i, None)
-        elif mask_only(prompt) or (obj.candidate.get(i, 0) == 0 and prompt.mask is None):
-            obj.conditioning[i] = prompt
-        elif chosen is not None:
-            obj.conditioning[i] = Prompt(mask=chosen)
-        elif prompt.points is not None or prompt.box is not None:
-            obj.conditioning[i] = Prompt(prompt.points, prompt.labels, prompt.box)
         else:
-            obj.conditioning.pop(i, None)
+            obj.conditioning[i] = use
         self._attach(obj)
 
     def _attach(self, obj: AnnotatedObject) -> None:
@@ -363,58 +351,11 @@ class Annotation:
             stacks = [self.objects[o].masks for o in ids]
         return winners(self.session.frames.frame_shape, i, dict(zip(ids, stacks)))[1]
 
-    # ------------------------------------------------------------------ more
     def add_automatic(self, key_slices, **params):
         """Objects from segment-everything on ``key_slices`` (see :mod:`napari_sam_stack.automatic`)."""
         from . import automatic
 
         return automatic.add_automatic(self, key_slices, **params)
-
-    def save(self, path, overwrite: bool = False):
-        """Save the project folder (see :mod:`napari_sam_stack.project`)."""
-        from .project import save
-
-        return save(self, path, overwrite=overwrite)
-
-    @classmethod
-    def open(cls, path, image=None, model=None, **kw) -> Annotation:
-        """Open a saved project (see :func:`napari_sam_stack.project.open_project`)."""
-        from .project import open_project
-
-        return open_project(path, image=image, model=model, **kw)
-
-    @property
-    def autosave_path(self):
-        """This image's autosave folder under the user cache."""
-        from .project import autosave_dir
-
-        return autosave_dir(self.session)
-
-    @staticmethod
-    def find_autosave(image, axis=0, **frames_options):
-        """The latest autosave of this image (path), or None."""
-        from .project import find_autosave
-
-        return find_autosave(image, axis, **frames_options)
-
-    def maybe_autosave(self, force: bool = False):
-        """Autosave when something changed and ``autosave_every`` seconds passed (or ``force``);
-        returns the path written or None. Call it from a timer; no thread runs in the core."""
-        due = time.monotonic() - self._last_autosave >= self.autosave_every
-        if not self.autosave or not self._changed or not (due or force):
-            return None
-        from .project import autosave
-
-        return autosave(self)
-
-    def discard_autosave(self) -> None:
-        """Remove this image's autosaves (e.g. once the project is saved where the user wants it)."""
-        from .project import discard_autosave
-
-        discard_autosave(self.session)
-
-    def _autosave_after_change(self) -> None:
-        self.maybe_autosave(force=True)
 
 
 __all__ = ["Annotation", "AnnotatedObject", "AnnotationEvents", "LabelsEdit", "PropagationRun", "Status"]

@@ -18,15 +18,11 @@ format version, the digests (a damaged or truncated project is refused), the ima
 signature: a changed image is refused, saying what changed) and the model, and never
 writes anything.
 
-Autosaves are projects too, under ``<user cache>/autosave/<image key>/snap-<n>``; each
-new one is renamed into place before older ones are removed, and unchanged label slices
-are hard-linked from the previous autosave, so an autosave after a commit costs about
-the slices that commit changed.
+Autosaves are projects too (see :mod:`napari_sam_stack._persist`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -37,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ._objects import AnnotatedObject, Status
 from ._project_io import read_objects, read_project_files, write_arrays, write_labels
 from .errors import ProjectError
 
@@ -45,6 +40,7 @@ FORMAT = 1
 KIND = "napari-sam-stack project"
 MARKER = "napari-sam-stack-project.json"
 _TMP = ".tmp-"
+PARTIAL = ".napari-sam-stack-partial"
 
 
 # ---------------------------------------------------------------- save
@@ -106,6 +102,7 @@ def _write(a, folder: Path, autosave: bool, previous: Path | None, dirty) -> dic
     from . import __version__
 
     folder.mkdir()
+    (folder / PARTIAL).write_text("a napari-sam-stack project being written")  # ours, even if never finished
     s = a.session
     reuse = None
     if previous is not None and dirty is not None:
@@ -132,6 +129,7 @@ def _write(a, folder: Path, autosave: bool, previous: Path | None, dirty) -> dic
         "objects": objects,
     }
     (folder / MARKER).write_text(json.dumps(meta, indent=1))
+    (folder / PARTIAL).unlink()
     return meta
 
 
@@ -328,78 +326,4 @@ def _check_image(saved: dict, now: dict) -> None:
     raise ProjectError("the image changed since the project was saved: same shape and dtype, but its pixels differ")
 
 
-# ---------------------------------------------------------------- autosave
-
-
-def _key(signature: dict) -> str:
-    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def autosave_root() -> Path:
-    from .models import cache_root
-
-    return cache_root() / "autosave"
-
-
-def autosave_dir(session) -> Path:
-    """The folder holding the autosaves of this session's image."""
-    return autosave_root() / _key(image_signature(session))
-
-
-def _snapshots(folder: Path) -> list[Path]:
-    try:
-        snaps = [p for p in folder.iterdir() if p.name.startswith("snap-") and p.name[5:].isdigit()]
-    except OSError:
-        return []
-    return sorted(snaps, key=lambda p: int(p.name[5:]))
-
-
-def autosave(a) -> Path | None:
-    """Write an autosave of ``a`` now (atomically); returns its path, or None (warned) when
-    it cannot be written — an autosave failing never stops the work."""
-    folder = autosave_dir(a.session)
-    snaps = [p for p in _snapshots(folder) if is_project(p)]
-    previous = snaps[-1] if snaps and a._autosaved_to == snaps[-1] else None
-    seq = int(snaps[-1].name[5:]) + 1 if snaps else 1
-    target = folder / f"snap-{seq:06d}"
-    dirty = a._dirty_slices
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(a, target, autosave=True, previous=previous, dirty=dirty)
-    except (ProjectError, OSError) as e:
-        warnings.warn(f"autosave failed: {e}", RuntimeWarning, stacklevel=3)
-        return None
-    for old in snaps:
-        shutil.rmtree(old, ignore_errors=True)
-    a._autosaved_to = target
-    a._dirty_slices = set()
-    a._changed = False
-    a._last_autosave = time.monotonic()
-    return target
-
-
-def find_autosave(image, axis=0, **frames_options) -> Path | None:
-    """The latest autosave of ``image`` (viewed with ``axis`` and Frames options), or None."""
-    from .normalise import Frames
-
-    sig = json.loads(json.dumps(Frames(image, axis, **frames_options).signature()))
-    for snap in reversed(_snapshots(autosave_root() / _key(sig))):
-        if _read_meta(snap, strict=False) is not None:
-            return snap
-    return None
-
-
-def discard_autosave(session) -> None:
-    """Remove this image's autosaves (only folders carrying our marker)."""
-    folder = autosave_dir(session)
-    for snap in _snapshots(folder):
-        if is_project(snap):
-            shutil.rmtree(snap, ignore_errors=True)
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
-
-
-__all__ = ["AnnotatedObject", "FORMAT", "Status", "autosave", "discard_autosave", "find_autosave", "is_project",
-           "open_project", "save"]
+__all__ = ["FORMAT", "is_project", "open_project", "read_image", "save"]
