@@ -293,14 +293,35 @@ def test_damaged_chunk_is_recomputed_with_warning(sam2_model, stack_u8, tmp_path
 
 
 def test_debris_is_replaced_or_removed(sam2_model, stack_u8, tmp_path):
+    from napari_sam_stack._cache import MARKER
+
     store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path)
-    (store.path / "fpn_0").mkdir(parents=True)  # a folder without metadata, e.g. an interrupted delete
-    old, recent = tmp_path / ".tmp-old-1", tmp_path / ".tmp-recent-2"  # killed creations
-    old.mkdir(), recent.mkdir()
+    (store.path / "fpn_0").mkdir(parents=True)  # our folder without metadata, e.g. an interrupted delete
+    (store.path / MARKER).write_text("napari-sam-stack embeddings cache, format 3\n")
+    old, recent, foreign = tmp_path / ".tmp-old-1", tmp_path / ".tmp-recent-2", tmp_path / ".tmp-user-3"
+    for d in (old, recent, foreign):  # killed creations (ours carry the marker), and a user's folder
+        d.mkdir()
+        os.utime(d, (1, 1))
+    (old / MARKER).write_text("napari-sam-stack embeddings cache, format 3\n")
+    (recent / MARKER).write_text("napari-sam-stack embeddings cache, format 3\n")
     os.utime(old, (1, 1))
     store.get(1)
     assert store.path is not None and (store.path / "zarr.json").exists() and store.computed() == [1]
     assert not old.exists() and recent.exists()  # a recent one may belong to a running process
+    assert foreign.exists()  # no marker: never ours to delete
+
+
+def test_foreign_folder_at_the_key_is_left_alone(sam2_model, stack_u8, tmp_path):
+    probe = EmbeddingStore(Frames(stack_u8, 0), sam2_model, in_memory=True)
+    key = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path).path
+    (key / "notes").mkdir(parents=True)
+    (key / "notes" / "a.txt").write_text("mine")
+    with pytest.warns(RuntimeWarning, match="not a napari-sam-stack cache"):
+        store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=tmp_path)
+    assert not store.on_disk and "not a napari-sam-stack cache" in store.fallback_reason
+    assert_sam2_equal(store.get(2), official_sam2_video(sam2_model, Frames(stack_u8, 0)[2], tmp_path))
+    assert (key / "notes" / "a.txt").read_text() == "mine" and sorted(p.name for p in key.iterdir()) == ["notes"]
+    assert probe.on_disk is False
 
 
 def test_half_written_slice_is_invisible_and_recomputed(sam2_model, stack_u8, tmp_path):
@@ -420,9 +441,10 @@ def test_failed_batch_releases_its_slices(sam2_model, stack_u8, tmp_path, monkey
 def test_unwritable_cache_falls_back_to_memory(sam2_model, stack_u8, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=blocker)
-    with pytest.warns(RuntimeWarning, match="cannot write the embeddings cache"):
-        store.compute(batch_size=4)
+    with pytest.warns(RuntimeWarning, match="cannot write the embeddings cache.*is a file, not a folder"):
+        store = EmbeddingStore(Frames(stack_u8, 0), sam2_model, cache_dir=blocker)  # known at once (CLI: on_disk)
+    assert not store.on_disk and "is a file" in store.fallback_reason
+    store.compute(batch_size=4)
     assert store.in_memory and store.path is None and store.computed() == list(range(6))
     assert_sam2_equal(store.get(5), official_sam2_video(sam2_model, Frames(stack_u8, 0)[5], tmp_path))
     assert store.encoded_slices == 6
@@ -498,7 +520,10 @@ def test_cache_info_and_clear(sam2_model, sam1_model, stack_u8, tmp_path):
     a.compute()
     b = EmbeddingStore(Frames(stack_u8[:2], 0), sam1_model, cache_dir=tmp_path)
     b.get(1)
-    (tmp_path / ".tmp-leftover-1234").mkdir()  # an interrupted creation
+    from napari_sam_stack._cache import MARKER
+
+    (tmp_path / ".tmp-leftover-1234").mkdir()  # an interrupted creation (ours: marked)
+    (tmp_path / ".tmp-leftover-1234" / MARKER).write_text("napari-sam-stack embeddings cache, format 3\n")
     info = cache_info(tmp_path)
     assert info.path == tmp_path and len(info.entries) == 2
     by_path = {e.path: e for e in info.entries}
@@ -506,7 +531,8 @@ def test_cache_info_and_clear(sam2_model, sam1_model, stack_u8, tmp_path):
     assert by_path[b.path].computed == 1 and by_path[b.path].slices == 2
     assert info.size == sum(p.stat().st_size for p in _files(tmp_path)) > 0
     assert "2 stack(s)" in str(info) and "6/6 slices of 45x71" in str(info)
-    assert clear_cache(tmp_path, older_than_days=1) == 0 and not (tmp_path / ".tmp-leftover-1234").exists()
+    leftover = (tmp_path / ".tmp-leftover-1234" / MARKER).stat().st_size
+    assert clear_cache(tmp_path, older_than_days=1) == leftover and not (tmp_path / ".tmp-leftover-1234").exists()
     assert len(cache_info(tmp_path).entries) == 2
     b.clear()
     assert not b.path.exists() and not b.is_computed(1)

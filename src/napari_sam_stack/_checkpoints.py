@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +68,16 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # not a refused class: the bytes are not a checkpoint
+        what = _refused(str(e))
+        if what is None:  # no refused reference: the bytes are not a checkpoint at all
             raise CheckpointError(
-                f"{path} ({path.stat().st_size} bytes) is truncated or corrupt: it is not a torch checkpoint. "
-                "Delete it and download it again."
+                f"{path} ({path.stat().st_size} bytes) is truncated or corrupt: it is not a torch checkpoint "
+                "(nothing in it was run). Delete it and download it again."
             ) from e
         raise CheckpointError(
-            f"{path} holds pickled Python objects besides tensors, which are not loaded for safety "
-            f"(torch.load(weights_only=True) refused: {_unsupported(e)}). "
-            "Re-save it as a plain state dict: torch.save(model.state_dict(), 'weights.pt')."
+            f"{path} holds code ({what}) besides tensors; it was NOT loaded and nothing in it ran "
+            "(checkpoints are read with torch.load(weights_only=True)). If you trust its source, re-save it "
+            "as a plain state dict: torch.save(model.state_dict(), 'weights.pt')."
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(
@@ -86,8 +88,12 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     return unwrap_state_dict(obj, path)
 
 
-def _unsupported(e: Exception) -> str:
-    return next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "unsupported object")
+def _refused(text: str) -> str | None:
+    """The Python object a checkpoint's pickle names and torch's safe unpickler refused, or None."""
+    import re
+
+    m = re.search(r"unsupported global:?\s*(?:GLOBAL\s*)?([\w.]+)", text, re.IGNORECASE)
+    return f"a reference to {m.group(1)}" if m else None
 
 
 def unwrap_state_dict(obj: Any, path: Any = "checkpoint") -> dict[str, Any]:
@@ -196,13 +202,101 @@ def sam2_config_of_state_dict(sd: dict[str, Any]) -> str | None:
 
 def sam2_config(config: str | Path, overrides: list[str] | None = None, video: bool = True):
     """The OmegaConf config of ``config`` with hydra-style ``++key=value`` overrides applied
-    (after the official video-predictor settings when ``video``), and its file path."""
+    (after the official video-predictor settings when ``video``), and its file path.
+
+    CheckpointError for a file that is not a YAML mapping with a ``model`` section, or bad overrides.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(config, (str, Path)) or not str(config).strip():
+        raise CheckpointError(f"config must be a YAML file path or an official config name, got {config!r}")
+    if overrides is not None and (isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides)):
+        raise CheckpointError(f"overrides must be a list of 'key=value' strings, got {overrides!r}")
+    path = resolve_sam2_config(config)
+    dotlist = [o.lstrip("+") for o in [*(SAM2_VIDEO_OVERRIDES if video else []), *(overrides or [])]]
+    try:
+        cfg = OmegaConf.load(path)  # a safe YAML loader: no Python tags
+        if not isinstance(cfg, DictConfig) or not isinstance(cfg.get("model"), DictConfig):
+            raise ValueError("it is not a mapping with a 'model' section")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    except CheckpointError:
+        raise
+    except Exception as e:  # yaml scanner/parser errors, unreadable or binary files, bad overrides
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"SAM 2 config {path} cannot be used: {type(e).__name__}: {detail}") from None
+    return cfg, path
+
+
+@lru_cache(maxsize=1)
+def shipped_targets() -> frozenset[str]:
+    """Every ``_target_`` in the ``model`` section of the configs shipped with sam2 (its own
+    inference configs; the training configs are not loaded)."""
     from omegaconf import OmegaConf
 
-    path = resolve_sam2_config(config)
-    cfg = OmegaConf.load(path)
-    dotlist = [o.lstrip("+") for o in [*(SAM2_VIDEO_OVERRIDES if video else []), *(overrides or [])]]
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist)), path
+    import sam2
+
+    root = Path(sam2.__file__).parent
+    found = {SAM2_VIDEO_OVERRIDES[0].split("=", 1)[1]}
+    for p in sorted(root.rglob("*.yaml")):
+        if "training" in p.relative_to(root).as_posix():
+            continue
+        try:
+            model = OmegaConf.to_container(OmegaConf.load(p)).get("model", {})
+        except Exception:  # (not a model config)
+            continue
+        found.update(t for _, t in _targets(model, "model") if isinstance(t, str) and t.startswith("sam2."))
+    return frozenset(found)
+
+
+def _targets(node, where: str):
+    """(key path, value) of every ``_target_`` under ``node``, in mappings and lists (``_args_`` too)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            here = f"{where}.{k}"
+            if k == "_target_":
+                yield here, v
+            else:
+                yield from _targets(v, here)
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _targets(v, f"{where}[{i}]")
+
+
+def _allowed_target(target) -> bool:
+    """A target sam2's own configs use, or an nn.Module class defined in a ``sam2.`` module (custom
+    configs): never a function, never anything reached through a module's imports (``sam2.x.os.system``)."""
+    if not isinstance(target, str):
+        return False
+    if target in shipped_targets():
+        return True
+    module, _, name = target.rpartition(".")
+    if not module.startswith("sam2.") or not all(part.isidentifier() for part in target.split(".")):
+        return False  # (checked before anything is imported)
+    import importlib
+
+    import torch
+
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(obj, type) and issubclass(obj, torch.nn.Module) and obj.__module__ == module
+
+
+def check_sam2_targets(cfg, path) -> None:
+    """CheckpointError naming the key of the first ``_target_`` in ``cfg.model`` that is not allowed."""
+    from omegaconf import OmegaConf
+
+    try:
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+    except Exception as e:  # bad interpolations
+        raise CheckpointError(f"SAM 2 config {path} cannot be resolved: {type(e).__name__}: {e}") from None
+    for key, target in _targets(model, "model"):
+        if not _allowed_target(target):
+            raise CheckpointError(
+                f"SAM 2 config {path}: {key} = {target!r} is not a sam2 model class; it was not instantiated "
+                "(configs may only build sam2's own modules, e.g. sam2.modeling.sam2_base.SAM2Base)."
+            )
 
 
 def sam2_config_digest(config: str | Path, overrides: list[str] | None = None) -> str:
@@ -219,6 +313,7 @@ def build_sam2(sd: dict[str, Any], config: str | Path, overrides: list[str] | No
     from omegaconf import OmegaConf
 
     cfg, path = sam2_config(config, overrides)
+    check_sam2_targets(cfg, path)  # before hydra sees anything
     OmegaConf.resolve(cfg)
     try:
         model = instantiate(cfg.model, _recursive_=True)

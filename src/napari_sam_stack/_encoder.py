@@ -108,3 +108,30 @@ def forward(model: LoadedModel, x, original: tuple[int, int], input_size) -> lis
         )
         for i in range(len(x))
     ]
+
+
+# ---------------------------------------------------------------- as stored in the cache
+
+
+def to_arrays(model: LoadedModel, emb: Embedding, dtype: str) -> dict[str, np.ndarray]:
+    """The per-slice arrays of ``emb`` as the cache stores them: SAM 1 ``features``, SAM 2 ``fpn_<k>``."""
+    maps = {"features": emb.features} if model.family == "sam" else {
+        f"fpn_{k}": f for k, f in enumerate(emb.backbone_fpn)}
+    return {k: v[0].detach().cpu().float().numpy().astype(dtype, copy=False) for k, v in maps.items()}
+
+
+def level_tensors(model: LoadedModel, arrays: dict[str, np.ndarray], prefix: str) -> list:
+    """``arrays[f"{prefix}_0"], ...`` as (1, C, H, W) float32 tensors on the model's device."""
+    import torch
+
+    n = sum(1 for k in arrays if k.startswith(prefix + "_"))
+    return [torch.from_numpy(np.ascontiguousarray(arrays[f"{prefix}_{k}"])).to(model.device, torch.float32)[None]
+            for k in range(n)]
+
+
+def from_arrays(model: LoadedModel, arrays: dict[str, np.ndarray], original, *, input_size=None, pos=None) -> Embedding:
+    """The :class:`Embedding` of arrays from :func:`to_arrays` (SAM 2: with the shared ``pos`` encodings)."""
+    if model.family == "sam":
+        return Embedding(original, features=level_tensors(model, {"f_0": arrays["features"]}, "f")[0],
+                         input_size=input_size)
+    return Embedding(original, backbone_fpn=level_tensors(model, arrays, "fpn"), vision_pos_enc=list(pos))

@@ -18,9 +18,11 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
-from ._cache import FORMAT, CorruptCacheWarning, SliceCache, StaleCacheWarning, default_root, pixel_digest
-from ._cache import cache_info, clear_cache
-from ._encoder import Embedding, forward, preprocess
+from ._cache import CorruptCacheWarning, SliceCache, StaleCacheWarning, cache_signature, pixel_digest, resolve_root
+from ._cache_admin import cache_info, clear_cache
+from ._encoder import Embedding, forward, from_arrays, level_tensors, preprocess, to_arrays
+from ._validate import flag, integer
+from .errors import CacheError, ImageError
 from .models import LoadedModel
 from .normalise import slice_index
 
@@ -44,14 +46,12 @@ class EmbeddingStore:
     the SHA-256 of the pixels it was encoded from; a slice read from disk whose pixels
     differ now is recomputed (:class:`StaleCacheWarning`). A few recently used slices
     (``lru_slices``) stay in memory. ``in_memory=True`` keeps every slice in RAM instead
-    and touches no disk.
+    and touches no disk. A cache that cannot be used (a file in the way, read-only, not
+    ours) gives one warning and the store carries on in memory: ``on_disk`` is then False
+    and ``fallback_reason`` says why.
 
-    ``dtype="float16"`` halves the disk cache (the positional encodings stay float32).
-    Measured on SAM 2.1 hiera_t features (random weights, 1024 input,
-    ``benchmarks/bench_embeddings.py``): relative error 2.1e-4, max abs error 9.8e-4 on
-    features up to 3.2 in magnitude, float16's rounding; results then differ from the
-    official predictors at that level, so the default is float32. In-memory stores
-    (``in_memory=True``) always keep float32.
+    ``dtype="float16"`` halves the disk cache (relative error 2.1e-4, see docs/embeddings.md);
+    the default is float32, and in-memory stores always keep float32.
     """
 
     def __init__(
@@ -66,15 +66,16 @@ class EmbeddingStore:
         lru_slices: int = 4,
     ):
         if sam2_resize not in ("video", "image"):
-            raise ValueError(f"sam2_resize must be 'video' or 'image', not {sam2_resize!r}")
+            raise ImageError(f"sam2_resize must be 'video' or 'image', not {sam2_resize!r}")
         if str(dtype) not in ("float32", "float16"):
-            raise ValueError(f"dtype must be 'float32' or 'float16', not {dtype!r}")
+            raise CacheError(f"dtype must be 'float32' or 'float16', not {dtype!r}")
+        self.in_memory = flag(in_memory, "in_memory", error=CacheError)
+        root = None if self.in_memory else resolve_root(cache_dir)  # "" is an error, before any work
         self.frames = frames
         self.model = model
         self.sam2_resize = sam2_resize
         self.dtype = str(dtype)
-        self.in_memory = bool(in_memory)
-        self.lru_slices = max(1, int(lru_slices))
+        self.lru_slices = max(1, integer(lru_slices, "lru_slices", CacheError))
         self.encoder_calls = 0  # encoder forward passes (one per batch)
         self.encoded_slices = 0
         self._n = len(frames)
@@ -86,29 +87,13 @@ class EmbeddingStore:
         self._pos: list | None = None  # SAM 2 positional encodings, shared by every slice
         self.signature: dict | None = None
         self._disk: SliceCache | None = None
+        self.fallback_reason: str | None = None  # why a disk cache asked for is not used
         if not self.in_memory:
-            self.signature = self._signature()
-            self._disk = SliceCache(default_root() if cache_dir is None else cache_dir, self.signature, self._n)
+            self.signature = cache_signature(frames, model, sam2_resize, self.dtype)
+            self._disk = SliceCache(root, self.signature, self._n)
             self._disk.open()
-
-    def _signature(self) -> dict:
-        import json
-
-        from . import __version__
-
-        if not hasattr(self.frames, "signature"):
-            raise TypeError("an on-disk cache needs frames with a signature() (a Frames); pass in_memory=True otherwise")
-        sig = {
-            "format": FORMAT,
-            "package": __version__,
-            "frames": self.frames.signature(),
-            "model": self.model.identity,
-            "family": self.model.family,
-            "image_size": self.model.image_size,
-            "preprocess": self.sam2_resize if self.model.family == "sam2" else "resize-longest-side",
-            "dtype": self.dtype,
-        }
-        return json.loads(json.dumps(sig))  # exactly what the zarr attributes will hold
+            if self._disk.unusable is not None:
+                self._fall_back_to_memory(self._disk.unusable)
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -116,9 +101,15 @@ class EmbeddingStore:
 
     @property
     def path(self):
-        """The cache folder of this stack (None with ``in_memory=True``)."""
+        """The cache folder of this stack (None with ``in_memory=True`` or after falling back to memory)."""
         disk = self._disk
         return None if disk is None else disk.path
+
+    @property
+    def on_disk(self) -> bool:
+        """True while embeddings go to the disk cache; False in memory (asked for, or fallen back
+        to because the cache cannot be written: see ``fallback_reason``)."""
+        return self._disk is not None
 
     def _check(self, index) -> int:
         return slice_index(index, self._n)
@@ -143,7 +134,8 @@ class EmbeddingStore:
     def get(self, index: int) -> Embedding:
         """Slice ``index``'s embedding, computed now (that slice only) if it is not cached."""
         i = self._check(index)
-        while True:
+        reread = False
+        while True:  # each round returns, waits for another thread's claim (always released), or encodes
             with self._lock:
                 emb = self._mem.get(i)
                 if emb is not None:
@@ -159,9 +151,13 @@ class EmbeddingStore:
                     self._remember(i, emb)
                 return emb
             with self._lock:
-                claimed = self._claim(i)
-            if claimed:
-                self._run([i], keep=True)
+                if i in self._inflight or i in self._mem:
+                    continue
+                if not reread and self._is_done(i):  # finished on disk meanwhile: read it once more
+                    reread = True
+                    continue
+                self._inflight[i] = threading.Event()  # not readable from disk: encode it (never loop)
+            self._run([i], keep=True)
 
     def _remember(self, i: int, emb: Embedding) -> None:
         self._mem[i] = emb
@@ -323,15 +319,17 @@ class EmbeddingStore:
             disk = self._disk if digests is not None else None  # (no digests: prepared without a disk)
             keep = keep or disk is None  # (the disk may have failed in another thread since: keep them)
             if disk is not None:
-                arrays = [self._to_arrays(e) for e in embs]
+                arrays = [to_arrays(self.model, e, self.dtype) for e in embs]
                 try:
                     with self._io_lock:
                         if not disk.open():
-                            self._create(disk, embs[0], arrays[0])
+                            self._create(disk, embs[0])
                         for i, a, d in zip(batch, arrays, digests):
                             disk.write(i, a, d)
-                except OSError as err:  # read-only or full disk: carry on in memory
-                    keep = self._fall_back_to_memory(err)
+                        if disk.shared_damaged:
+                            disk.repair_shared(self._shared_arrays(embs[0]))
+                except Exception as err:  # read-only or full disk, damaged metadata: carry on in memory
+                    keep = self._fall_back_to_memory(f"{type(err).__name__}: {err}")
                 else:
                     if keep:  # exactly what a reader of the cache gets
                         embs = [self._from_arrays(a, disk) for a in arrays]
@@ -342,16 +340,16 @@ class EmbeddingStore:
         finally:
             self._release(batch)
 
-    def _fall_back_to_memory(self, err: OSError) -> bool:
+    def _fall_back_to_memory(self, reason: str) -> bool:
         import warnings
 
         with self._lock:
             if self._disk is not None:
                 warnings.warn(
-                    f"cannot write the embeddings cache at {self._disk.path} ({err}); keeping embeddings in memory "
+                    f"cannot write the embeddings cache at {self._disk.path} ({reason}); keeping embeddings in memory "
                     "instead (pass cache_dir=... to use another folder)", RuntimeWarning, stacklevel=4,
                 )
-                self._disk, self.in_memory = None, True
+                self._disk, self.in_memory, self.fallback_reason = None, True, reason
         return True
 
     def _release(self, batch: list[int]) -> None:
@@ -362,35 +360,29 @@ class EmbeddingStore:
                     event.set()
 
     # ------------------------------------------------------------------ disk layout
-    def _create(self, disk: SliceCache, emb: Embedding, arrays: dict[str, np.ndarray]) -> None:
-        levels = {name: (a.shape, self.dtype) for name, a in arrays.items()}
-        shared = {f"pos_{k}": p[0].detach().cpu().float().numpy() for k, p in enumerate(emb.vision_pos_enc)}
+    def _shared_arrays(self, emb: Embedding) -> dict[str, np.ndarray]:
+        return {f"pos_{k}": p[0].detach().cpu().float().numpy() for k, p in enumerate(emb.vision_pos_enc)}
+
+    def _create(self, disk: SliceCache, emb: Embedding) -> None:
+        levels = {name: (a.shape, self.dtype) for name, a in to_arrays(self.model, emb, self.dtype).items()}
         attrs = {"slices": self._n, "frame_shape": list(self._original_size), "family": self.model.family,
                  "model_name": self.model.name,
                  "input_size": list(emb.input_size) if emb.input_size else None}
-        disk.create(levels, shared, attrs)
+        disk.create(levels, self._shared_arrays(emb), attrs)
 
-    def _to_arrays(self, emb: Embedding) -> dict[str, np.ndarray]:
-        maps = {"features": emb.features} if self.model.family == "sam" else {
-            f"fpn_{k}": f for k, f in enumerate(emb.backbone_fpn)}
-        return {k: v[0].detach().cpu().float().numpy().astype(self.dtype, copy=False) for k, v in maps.items()}
-
-    def _from_arrays(self, arrays: dict[str, np.ndarray], disk: SliceCache) -> Embedding:
-        import torch
-
-        def tensor(a):
-            return torch.from_numpy(np.ascontiguousarray(a)).to(self.model.device, torch.float32)[None]
-
+    def _from_arrays(self, arrays: dict[str, np.ndarray], disk: SliceCache) -> Embedding | None:
+        """An Embedding of arrays read from ``disk``; None when the shared encodings are damaged
+        (the slice is then encoded, which repairs them)."""
         if self.model.family == "sam":
-            input_size = tuple(disk.attrs["input_size"])
-            return Embedding(self._original_size, features=tensor(arrays["features"]), input_size=input_size)
+            return from_arrays(self.model, arrays, self._original_size, input_size=tuple(disk.attrs["input_size"]))
         with self._lock:
             if self._pos is None:
                 shared = disk.shared()
-                self._pos = [tensor(shared[f"pos_{k}"]) for k in range(len(shared))]
+                if shared is None:
+                    return None
+                self._pos = level_tensors(self.model, shared, "pos")
             pos = list(self._pos)
-        fpn = [tensor(arrays[f"fpn_{k}"]) for k in range(len(arrays))]
-        return Embedding(self._original_size, backbone_fpn=fpn, vision_pos_enc=pos)
+        return from_arrays(self.model, arrays, self._original_size, pos=pos)
 
     def clear(self) -> None:
         """Forget every slice: memory and this stack's cache folder."""

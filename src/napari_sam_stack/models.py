@@ -224,11 +224,12 @@ def load_model(
     ``overrides`` are hydra-style ``++key=value`` settings applied to a SAM 2 config;
     ``sha256`` verifies a local checkpoint.
     """
+    _check_load_args(checkpoint, config, model_type, sha256)
     dev = resolve_device(device)
     if model is not None and not isinstance(model, (str, os.PathLike)):
         return _wrap_module(model, dev)
     if model is not None and checkpoint is not None:
-        raise ValueError("Give either a registry name or checkpoint=..., not both.")
+        raise CheckpointError("Give either a registry name or checkpoint=..., not both.")
     if model is not None:
         spec = model_spec(str(model))
         path = download_checkpoint(spec.name, progress=progress)
@@ -237,7 +238,8 @@ def load_model(
         loaded.identity = f"{spec.name}:{spec.sha256 or path.stat().st_size}" + loaded.identity
         return loaded
     if checkpoint is None:
-        raise ValueError(f"load_model needs a model name (one of {available_models()}), checkpoint=... or a module.")
+        raise CheckpointError(
+            f"load_model needs a model name (one of {available_models()}), checkpoint=... or a module.")
     path = Path(checkpoint).expanduser()
     digest = None
     if sha256 is not None:
@@ -250,6 +252,20 @@ def load_model(
     loaded.identity = "sha256:" + (digest or file_sha256_cached(path)) + loaded.identity
     loaded.extra.update(checkpoint=str(path.resolve()), model_type=model_type)  # to rebuild it elsewhere (distributed)
     return loaded
+
+
+def _check_load_args(checkpoint, config, model_type, sha256) -> None:
+    """load_model's arguments, checked before any file is read."""
+    for name, value in (("checkpoint", checkpoint), ("config", config)):
+        if value is not None and (not isinstance(value, (str, os.PathLike)) or not str(os.fspath(value)).strip()):
+            raise CheckpointError(f"{name} must be a file path, got {value!r}")
+    if model_type is not None and not isinstance(model_type, str):
+        raise CheckpointError(f"model_type must be a string such as 'vit_b' or 'auto', got {model_type!r}")
+    if sha256 is not None and (not isinstance(sha256, str) or len(sha256) != 64
+                               or any(c not in "0123456789abcdef" for c in sha256.lower())):
+        raise CheckpointError(f"sha256 must be 64 hexadecimal digits, got {sha256!r}")
+    if config is not None and model_type is not None:
+        raise CheckpointError("config=... is for SAM 2 and model_type=... for SAM 1: give one of them, not both.")
 
 
 def _load_file(path, config, model_type, overrides, dev, family=None) -> LoadedModel:
@@ -295,8 +311,9 @@ def _wrap_module(module: Any, dev) -> LoadedModel:
     elif isinstance(module, Sam):
         family = "sam"
     else:
-        raise TypeError(
-            f"load_model(module) needs a segment_anything Sam or a sam2 SAM2Base, not {type(module).__name__}."
+        raise CheckpointError(
+            f"load_model(module) needs a registry name, a segment_anything Sam or a sam2 SAM2Base, "
+            f"not {type(module).__name__}."
         )
     import torch
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ._validate import finite_number, integer, is_bool
 from .errors import ImageError
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -23,13 +24,7 @@ _SAMPLE_PIXELS = 1 << 18  # per sampled slice
 
 def slice_index(index, n: int) -> int:
     """``index`` as a slice number in ``0..n-1`` (negative counts from the end); ImageError otherwise."""
-    try:
-        i = int(index)
-        whole = bool(i == index)
-    except (TypeError, ValueError):
-        whole = False
-    if not whole:
-        raise ImageError(f"slice index must be a whole number, got {index!r}")
+    i = integer(index, "slice index", ImageError)
     if not -n <= i < n:
         raise ImageError(f"slice {index} is out of range for {n} slices")
     return i % n
@@ -37,13 +32,29 @@ def slice_index(index, n: int) -> int:
 
 def _axis(axis, ndim: int, what: str) -> int:
     """An axis number in -ndim..ndim-1, normalised; anything else is an ImageError (never wrapped)."""
-    try:
-        a = int(axis)
-    except (TypeError, ValueError):
-        raise ImageError(f"{what}={axis!r} is not an axis number") from None
-    if a != axis or not -ndim <= a < ndim:
+    a = integer(axis, f"{what} (an axis number)", ImageError)
+    if not -ndim <= a < ndim:
         raise ImageError(f"{what}={axis!r} does not exist: the image has {ndim} dimensions (0..{ndim - 1})")
     return a % ndim
+
+
+def _as_array(image):
+    """An array-like (numpy, dask, zarr, h5py) as it is, anything else through numpy; ImageError if neither."""
+    if type(image).__module__.split(".")[0] == "torch":
+        raise ImageError("a torch tensor is not read as an image: pass image.detach().cpu().numpy()")
+    if not hasattr(image, "shape") or not hasattr(image, "dtype") or not hasattr(image, "__getitem__"):
+        if image is None or isinstance(image, (str, bytes, dict)):
+            raise ImageError(f"image must be an array (numpy, dask, zarr), got {type(image).__name__}")
+        try:
+            image = np.asarray(image)
+        except (TypeError, ValueError) as e:
+            raise ImageError(f"image cannot be read as an array ({e}): pass a numpy, dask or zarr array") from None
+    try:
+        np.dtype(image.dtype)
+        tuple(int(s) for s in image.shape)
+    except (TypeError, ValueError):
+        raise ImageError(f"image has no numpy dtype/shape ({type(image).__name__}): pass a numpy, dask or zarr array") from None
+    return image
 
 
 class Frames:
@@ -80,14 +91,26 @@ class Frames:
         contrast_limits: Sequence[float] | Sequence[Sequence[float]] | None = None,
         percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
     ):
-        if not hasattr(image, "shape") or not hasattr(image, "dtype"):
-            image = np.asarray(image)
+        image = _as_array(image)
         self.image = image
         ndim = len(image.shape)
-        self.fixed = {_axis(k, ndim, "fixed axis"): int(v) for k, v in (fixed or {}).items()}
+        if fixed is not None and not isinstance(fixed, dict):
+            raise ImageError(f"fixed must be a dict {{axis: index}}, e.g. {{1: 5}}, got {fixed!r}")
+        self.fixed = {_axis(k, ndim, "fixed axis"): integer(v, f"fixed index of axis {k}", ImageError)
+                      for k, v in (fixed or {}).items()}
         spatial_needed = 2 + (axis is not None) + len(self.fixed)
-        if channel_axis == "auto":
+        if isinstance(channel_axis, str) and channel_axis != "auto":
+            raise ImageError(f"channel_axis must be an axis number, None or 'auto', got {channel_axis!r}")
+        auto = channel_axis == "auto"
+        if auto:
             channel_axis = ndim - 1 if ndim == spatial_needed + 1 else None
+        if (auto and channel_axis is None and axis is not None and not self.fixed and ndim == 3
+                and image.shape[-1] in (3, 4) and min(image.shape[:2]) > 4 * image.shape[-1]):
+            raise ImageError(
+                f"an image of shape {tuple(image.shape)} looks like ONE RGB{'A' if image.shape[-1] == 4 else ''} "
+                f"picture, which axis={axis} would cut into {image.shape[axis]} slices: pass axis=None for one "
+                "colour image, or channel_axis=None if it really is a stack of slices"
+            )
         self.channel_axis = None if channel_axis is None else _axis(channel_axis, ndim, "channel_axis")
         if ndim != spatial_needed + (self.channel_axis is not None):
             hint = " For a single 2D image pass axis=None." if ndim in (2, 3) and axis is not None else ""
@@ -104,6 +127,9 @@ class Frames:
             if not 0 <= i < image.shape[ax]:
                 raise ImageError(f"fixed index {i} is out of range for axis {ax} of size {image.shape[ax]}")
         self.spatial_axes = [a for a in range(ndim) if a not in taken]
+        if 0 in image.shape:
+            raise ImageError(f"the image of shape {tuple(image.shape)} is empty (an axis of size 0): "
+                             "give at least one slice of at least 1 x 1 pixels")
         self.channels = self._choose_channels(channel)
         self.dtype = np.dtype(image.dtype)
         if self.dtype.kind not in "biuf":
@@ -137,8 +163,9 @@ class Frames:
                 f"the image has {n} channels: choose one with channel=i, or up to three as channel=[r, g, b]{hint}"
             )
         try:
-            chans = [int(channel)] if np.isscalar(channel) else [int(c) for c in channel]
-        except (TypeError, ValueError):
+            many = not np.isscalar(channel) and not isinstance(channel, str)
+            chans = [integer(c, "channel", ImageError) for c in channel] if many else [integer(channel, "channel", ImageError)]
+        except (TypeError, ImageError):
             chans = []
         if not 1 <= len(chans) <= 3 or any(not 0 <= c < n for c in chans):
             raise ImageError(f"channel={channel!r}: give 1 to 3 indices in 0..{n - 1}")
@@ -202,13 +229,25 @@ class Frames:
         if self.dtype == np.bool_:
             return np.zeros(k), np.ones(k)
         if given is not None:
-            arr = np.asarray(given, dtype=np.float64).reshape(-1, 2)
+            try:
+                if isinstance(given, (str, bytes)) or is_bool(np.asarray(given)):
+                    raise TypeError
+                arr = np.asarray(given, dtype=np.float64).reshape(-1, 2)
+            except (TypeError, ValueError):
+                raise ImageError(f"contrast_limits must be numbers as (low, high), or one pair per channel, "
+                                 f"e.g. (100, 4000), got {given!r}") from None
             if arr.shape[0] not in (1, k):
                 raise ImageError(f"contrast_limits: give one (low, high) pair or {k}")
             if not np.isfinite(arr).all() or (arr[:, 1] < arr[:, 0]).any():
                 raise ImageError(f"contrast_limits must be finite (low, high) pairs with low <= high, got {given!r}")
             arr = np.broadcast_to(arr, (k, 2))
             return arr[:, 0].copy(), arr[:, 1].copy()
+        if not isinstance(percentiles, (tuple, list)) or len(percentiles) != 2:
+            raise ImageError(f"percentiles must be (low, high) in 0..100, e.g. (0.5, 99.5), got {percentiles!r}")
+        p_lo, p_hi = (finite_number(p, "percentiles", ImageError, minimum=0) for p in percentiles)
+        if not p_lo <= p_hi <= 100:
+            raise ImageError(f"percentiles must be (low, high) with 0 <= low <= high <= 100, got {percentiles!r}")
+        percentiles = (p_lo, p_hi)
         sample = self._sample()
         lo, hi = np.empty(k), np.empty(k)
         for c in range(k):

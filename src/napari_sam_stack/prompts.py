@@ -46,7 +46,7 @@ def make_prompt(shape, points=None, point_labels=None, box=None, mask=None, *, a
     rows, cols = int(shape[0]), int(shape[1])
     pts = lab = bx = None
     if points is not None:
-        p = _float_array(points, "points")
+        p = float_array(points, "points")
         if p.size == 0:
             p = p.reshape(0, 2)
         if p.ndim == 1 and p.shape[0] == 2:
@@ -74,7 +74,7 @@ def make_prompt(shape, points=None, point_labels=None, box=None, mask=None, *, a
     elif point_labels is not None and len(np.atleast_1d(point_labels)):
         raise PromptError("point_labels given without points")
     if box is not None:
-        b = _float_array(box, "box").reshape(-1)
+        b = float_array(box, "box").reshape(-1)
         if b.shape != (4,):
             raise PromptError(f"box must be (row_min, col_min, row_max, col_max), got {b.size} numbers")
         if not np.isfinite(b).all():
@@ -91,11 +91,17 @@ def make_prompt(shape, points=None, point_labels=None, box=None, mask=None, *, a
     return prompt
 
 
-def _float_array(x, what) -> np.ndarray:
+def float_array(x, what) -> np.ndarray:
+    """``x`` as float64 numbers; PromptError for strings, bools, ragged lists, None inside."""
+    if isinstance(x, (str, bytes)) or (isinstance(x, np.ndarray) and x.dtype.kind not in "iuf"):
+        raise PromptError(f"{what} must be numbers, got {x!r}")
     try:
-        return np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise PromptError(f"{what} must be numbers: {e}") from e
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise PromptError(f"{what} must be numbers ({e}), got {x!r}") from None
+    if np.asarray(x).dtype.kind not in "iuf":  # strings, bools, objects that numpy happened to convert
+        raise PromptError(f"{what} must be numbers, got {x!r}")
+    return a
 
 
 def _check_inside(p: np.ndarray, rows: int, cols: int, what: str) -> None:

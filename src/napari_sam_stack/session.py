@@ -15,7 +15,8 @@ from .embeddings import EmbeddingStore
 from .errors import ModelFamilyError, PromptError
 from .models import LoadedModel, load_model
 from .normalise import Frames
-from .prompts import Prompt, make_prompt
+from ._validate import flag, integer, object_id
+from .prompts import Prompt, float_array, make_prompt
 
 
 class Session:
@@ -70,11 +71,8 @@ class Session:
 
     def _index(self, index: int) -> int:
         n = len(self)
-        try:
-            i = int(index)
-        except (TypeError, ValueError):
-            raise PromptError(f"slice index must be an integer, got {index!r}") from None
-        if i != index or not 0 <= i < n:
+        i = integer(index, "slice index")  # (not True, 1.5 or "1")
+        if not 0 <= i < n:
             raise PromptError(f"slice index {index} is out of range: this image has {n} slice(s) (0..{n - 1})")
         return i
 
@@ -105,6 +103,7 @@ class Session:
         from .predict import predict
 
         i = self._index(index)
+        multimask = flag(multimask, "multimask", allow_none=True)
         prompt = make_prompt(self.frames.frame_shape, _in_slice(points, i), point_labels, box, mask)
         return predict(self.model, self.embeddings.get(i), prompt, multimask=multimask)
 
@@ -204,7 +203,7 @@ def _in_slice(points, index: int):
     lie on slice ``index`` and lose their first column."""
     if points is None:
         return None
-    p = np.asarray(points, dtype=float)
+    p = float_array(points, "points")
     if p.ndim == 2 and p.shape[1] == 3:
         off = np.round(p[:, 0]) != index
         if off.any():
@@ -214,10 +213,4 @@ def _in_slice(points, index: int):
 
 
 def _obj_id(obj_id) -> int:
-    try:
-        o = int(obj_id)
-    except (TypeError, ValueError):
-        raise PromptError(f"object ids are positive integers, got {obj_id!r}") from None
-    if o != obj_id or o <= 0:
-        raise PromptError(f"object ids are positive integers (0 is background), got {obj_id!r}")
-    return o
+    return object_id(obj_id)  # 1..2**32-1 (uint32 labels); not True, 1.5 or "1"
