@@ -170,3 +170,18 @@ def test_find_autosave_ignores_damaged_snapshots(image, sam2_model):
     assert nss.Annotation.find_autosave(image, axis=0) is None
     with pytest.raises(ProjectError):
         nss.Annotation.open(path, image=image, model=sam2_model)
+
+
+def test_each_annotation_keeps_its_own_autosave_and_save_removes_it(image, sam2_model, tmp_path):
+    a = nss.Annotation(image, sam2_model, axis=0, in_memory=True, autosave=True)
+    b = nss.Annotation(image, sam2_model, axis=0, in_memory=True, autosave=True)
+    for x, z in ((a, 0), (b, 1)):
+        i = x.new_object()
+        x.add_prompt(i, z, mask=rect(0, 5, 0, 5))
+        x.commit()
+    snaps = sorted(p.name for p in a.autosave_path.iterdir())
+    assert snaps == ["snap-000001", "snap-000002"]  # another annotation of the image: its autosave stays
+    a.save(tmp_path / "a.sam")
+    assert sorted(p.name for p in a.autosave_path.iterdir()) == ["snap-000002"]
+    restored = nss.Annotation.open(nss.Annotation.find_autosave(image, axis=0), image=image, model=sam2_model)
+    assert np.array_equal(restored.labels, b.labels)

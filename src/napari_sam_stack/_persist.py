@@ -1,10 +1,13 @@
 """Saving, opening and autosaving an Annotation: the methods (a mixin) and the autosave folders.
 
 Autosaves are projects (see :mod:`napari_sam_stack.project`) under
-``<user cache>/autosave/<image key>/snap-<n>``, the key a hash of the image's signature.
-Each new one is renamed into place before the older ones are removed (so one complete
-autosave always exists), and label slices unchanged since the previous autosave are
-hard-linked from it: an autosave after a commit costs about the slices that commit changed.
+``<user cache>/autosave/<image key>/snap-<n>``, the key a hash of the image's signature,
+``n`` growing. Each new one is renamed into place before the annotation's previous one is
+removed (so one complete autosave always exists), and label slices unchanged since that
+previous one are hard-linked from it: an autosave after a commit costs about the slices
+that commit changed. An annotation removes only its own autosaves (another annotation of
+the same image keeps its own); an annotation opened from an autosave continues it; a
+successful :meth:`save` removes the annotation's autosave (the project holds the work).
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ class Persistence:
     """``save`` / ``open`` / autosave methods of :class:`~napari_sam_stack.Annotation`."""
 
     def save(self, path, overwrite: bool = False):
-        """Save the project folder (see :mod:`napari_sam_stack.project`)."""
-        return save(self, path, overwrite=overwrite)
+        """Save the project folder (see :mod:`napari_sam_stack.project`); its autosave is then removed."""
+        path = save(self, path, overwrite=overwrite)
+        if self._autosaved_to is not None and is_project(self._autosaved_to):
+            shutil.rmtree(self._autosaved_to, ignore_errors=True)
+        self._autosaved_to, self._dirty_slices, self._changed = None, None, False
+        return path
 
     @classmethod
     def open(cls, path, image=None, model=None, **kw):
@@ -85,19 +92,18 @@ def autosave(a) -> Path | None:
     """Write an autosave of ``a`` now (atomically); returns its path, or None (warned) when
     it cannot be written — an autosave failing never stops the work."""
     folder = autosave_dir(a.session)
-    snaps = [p for p in _snapshots(folder) if is_project(p)]
-    previous = snaps[-1] if snaps and a._autosaved_to == snaps[-1] else None
+    snaps = _snapshots(folder)
+    previous = a._autosaved_to if a._autosaved_to is not None and is_project(a._autosaved_to) else None
     seq = int(snaps[-1].name[5:]) + 1 if snaps else 1
     target = folder / f"snap-{seq:06d}"
-    dirty = a._dirty_slices
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(a, target, autosave=True, previous=previous, dirty=dirty)
+        _write_atomic(a, target, autosave=True, previous=previous, dirty=a._dirty_slices)
     except (ProjectError, OSError) as e:
         warnings.warn(f"autosave failed: {e}", RuntimeWarning, stacklevel=3)
         return None
-    for old in snaps:
-        shutil.rmtree(old, ignore_errors=True)
+    if previous is not None:  # this annotation's own previous autosave (others' stay: other work on the image)
+        shutil.rmtree(previous, ignore_errors=True)
     _remove_debris(folder)
     a._autosaved_to = target
     a._dirty_slices = set()

@@ -351,7 +351,7 @@ class Annotation(Persistence):
             stacks = [self.objects[o].masks for o in ids]
         return winners(self.session.frames.frame_shape, i, dict(zip(ids, stacks)))[1]
 
-    def add_automatic(self, key_slices, **params):
+    def add_automatic(self, key_slices=None, **params):
         """Objects from segment-everything on ``key_slices`` (see :mod:`napari_sam_stack.automatic`)."""
         from . import automatic
 

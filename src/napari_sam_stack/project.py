@@ -290,8 +290,9 @@ def open_project(path, image=None, model=None, *, allow_model_change: bool = Fal
         a._attach(obj)
     a._top_id = max([int(meta.get("next_id", 0)), a._top_id, *a.objects])
     a.project_path = None if meta.get("autosave") else path
-    if meta.get("autosave") and meta.get("project"):
-        a.project_path = Path(meta["project"]) if is_project(meta["project"]) else None
+    if meta.get("autosave"):  # continue that autosave: the next one replaces it, linking unchanged slices
+        a.project_path = Path(meta["project"]) if meta.get("project") and is_project(meta["project"]) else None
+        a._autosaved_to, a._dirty_slices = path, set()
     a._changed = False
     return a
 
