@@ -237,6 +237,14 @@ def view_options(img: Image, *, axis: Any = "auto", channel_axis: Any = "auto", 
             f"{img.path.name} (axes {axes}, shape {shape}): axis {name} (size {shape[i]}) is neither the slice axis "
             f"nor fixed: e.g. fixed={{{name!r}: 0}} (command line: --fixed {name.lower()}=0)"
         )
+    if channel is not None:
+        chans = [channel] if np.ndim(channel) == 0 else list(channel)
+        if ch is None:
+            raise ImageError(f"{img.path.name} (axes {axes}) has no channel axis to choose a channel from")
+        bad = [k for k in chans if not 0 <= int(k) < shape[ch]]
+        if bad:
+            raise ImageError(f"channel {bad[0]} does not exist: {img.path.name} has {shape[ch]} channel(s), "
+                             f"0..{shape[ch] - 1} (axis {axes[ch]})")
     if ch is not None and channel is None:
         n, dtype = shape[ch], np.dtype(img.data.dtype)
         if n not in (1, 3) and not (n == 4 and dtype == np.uint8):

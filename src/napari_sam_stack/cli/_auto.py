@@ -70,6 +70,11 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _check_keys(keys, n: int, path: Path) -> None:
+    if keys is not None and max(keys) >= n:
+        raise SamStackError(f"--key-slices {max(keys)} is out of range: {path.name} has {c.plural(n, 'slice')}")
+
+
 def settings(args) -> dict:
     """Everything a worker needs to run one stack, as plain data."""
     keys = ("axes", "axis", "channel_axis", "channel", "fixed", "key_slices", "every", "cache_dir", "overwrite", *PARAMS)
@@ -87,8 +92,7 @@ def auto_one(path: Path, out: Path, st: dict, model, progress: bool = True) -> s
     params = {k: st[k] for k in PARAMS}
     n = len(frames)
     keys = st["key_slices"]
-    if keys is not None and max(keys) >= n:
-        raise SamStackError(f"--key-slices {max(keys)} is out of range: {path.name} has {c.plural(n, 'slice')}")
+    _check_keys(keys, n, path)
     a = Annotation(img.data, model, cache_dir=st["cache_dir"], **opts)
     if opts["axis"] is None or n == 1:
         labels, records = automatic.generate(a.session, 0, **params)
@@ -136,7 +140,7 @@ def run(args) -> int:
     jobs = [(p, c.output_for(p, args.out, many)) for p in inputs]
     if not many:  # one image: every check before the model loads
         check_output(jobs[0][1], overwrite=args.overwrite, protect=[jobs[0][0]])
-        c.open_view(jobs[0][0], args)
+        _check_keys(args.key_slices, len(c.open_view(jobs[0][0], args)[2]), jobs[0][0])
     st = {**settings(args), "protect": [str(p) for p in inputs]}
     failed = 0
     client = open_client(args)

@@ -15,10 +15,8 @@ def run_project(args, project: Path, img, opts, model, items, seeds):
     Returns ``(labels, axes)``."""
     from ..annotation import Annotation
 
-    if project.exists():
-        kw = {"image": img.data, **opts} if img is not None else {}
-        a = Annotation.open(project, model=model, cache_dir=args.cache_dir, **kw) if kw else \
-            Annotation.open(project, model=model, cache_dir=args.cache_dir)
+    if project.exists():  # its own settings (slice axis, channels, ...) define the frames
+        a = Annotation.open(project, image=None if img is None else img.data, model=model, cache_dir=args.cache_dir)
     else:
         a = Annotation(img.data, model, cache_dir=args.cache_dir, **opts)
         a.source = str(Path(args.image).resolve())
