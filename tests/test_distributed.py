@@ -119,3 +119,31 @@ def test_what_cannot_be_distributed_is_refused(client, image, sam2_model, tmp_pa
     built = load_model(sam2_model.module, device="cpu")  # a module built in memory: workers cannot rebuild it
     with pytest.raises(SamStackError, match="checkpoint"):
         Session(image, built, cache_dir=tmp_path / "c").compute_embeddings(client=client)
+
+
+def test_cli_embed_and_auto_on_a_local_cluster(image, sam2_files, reference, tmp_path, capsys):
+    import tifffile
+
+    from napari_sam_stack import cli
+
+    ckpt, config = sam2_files
+    model = ["--checkpoint", str(ckpt), "--config", str(config), "--device", "cpu", "--cache-dir", str(tmp_path / "c")]
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, image)
+    threads = str(torch.get_num_threads())
+    assert cli.main(["embed", str(stack), "--workers", "2", "--threads", threads, *model]) == 0
+    assert "10 slices embedded" in capsys.readouterr().out
+    _assert_same_cache(tmp_path / "c" / reference.name, reference)
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    for k in range(2):
+        tifffile.imwrite(folder / f"s{k}.tif", image[:4] + k, photometric="minisblack")
+    (folder / "bad.tif").write_text("not a tiff")
+    assert cli.main(["auto", str(folder), "--out", str(out), "--workers", "2", "--points-per-side", "2", "--every", "2",
+                     *model]) == 1  # one stack per task; the bad one is reported, the others written
+    text = capsys.readouterr().out
+    assert "2 stacks segmented, 1 failed" in text and "error: bad.tif" in text
+    for k in range(2):
+        labels = tifffile.imread(out / f"s{k}_labels.tif")
+        assert labels.shape == (4, 61, 57) and labels.dtype == np.uint32

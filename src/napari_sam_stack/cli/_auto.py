@@ -77,7 +77,8 @@ def _check_keys(keys, n: int, path: Path) -> None:
 
 def settings(args) -> dict:
     """Everything a worker needs to run one stack, as plain data."""
-    keys = ("axes", "axis", "channel_axis", "channel", "fixed", "key_slices", "every", "cache_dir", "overwrite", *PARAMS)
+    keys = ("axes", "axis", "channel_axis", "channel", "fixed", "key_slices", "every", "cache_dir", "overwrite", "threads",
+            *PARAMS)
     return {k: getattr(args, k) for k in keys}
 
 
@@ -124,6 +125,10 @@ def _auto_task(recipe: dict, st: dict, item: tuple) -> str:
     from ..distributed import worker_model
 
     path, out = item
+    if st.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(st["threads"]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return auto_one(Path(path), Path(out), st, worker_model(recipe), progress=False)

@@ -38,6 +38,9 @@ def dask_args(p) -> None:
     x = g.add_mutually_exclusive_group()
     x.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786 (dask-jobqueue, dask-scheduler)")
     x.add_argument("--workers", type=c.positive, metavar="N", help="start a local Dask cluster of N worker processes")
+    g.add_argument("--threads", type=c.positive, metavar="T",
+                   help="torch threads per Dask task (default: the worker's setting; the same T as a run without Dask "
+                        "gives a bit-identical cache)")
 
 
 def open_client(args):
@@ -142,7 +145,10 @@ def embed_one(s, path: Path, args, client) -> None:
     print(f"{path.name}: {c.plural(todo, 'slice')} to embed, about {need / 2**20:,.1f} MB of disk "
           f"({per / 2**20:.1f} MB per slice) in {store.path.parent}", flush=True)
     with c.Progress(path.name) as bar:
-        s.compute_embeddings(progress=bar, batch_size=args.batch_size, client=client)
+        if client is None:
+            s.compute_embeddings(progress=bar, batch_size=args.batch_size)
+        else:
+            s.compute_embeddings(progress=bar, batch_size=args.batch_size, client=client, threads=args.threads)
     on_disk = not store.in_memory and store.path is not None and len(store.computed()) == n \
         and all((store.path / "done" / str(i)).exists() for i in range(n))
     if not on_disk:
