@@ -109,8 +109,12 @@ def test_cycle_candidates(make_widget, sam2_model, nuclei):
     for k, mask in zip(order, seen):
         np.testing.assert_array_equal(mask, pred.masks[k])
     assert "IoU" in widget.status_label.text()
-    # the chosen candidate is what propagation will start from
-    np.testing.assert_array_equal(widget.session.prompts[widget.obj_id][2].mask, seen[0])
+    # the chosen candidate is what propagation will start from: back at the best one, the click itself
+    cond = widget.session.prompts[widget.obj_id][2]
+    assert cond.mask is None and cond.points is not None
+    widget.cycle_candidate()  # another candidate: propagation starts from its mask
+    np.testing.assert_array_equal(widget.session.prompts[widget.obj_id][2].mask, seen[1])
+    assert widget.annotation.objects[widget.obj_id].candidate[2] == 1
 
 
 def test_box_prompt(make_widget, sam2_model, nuclei):
@@ -203,8 +207,8 @@ def test_fast_clicks_show_only_the_newest_result(make_widget, sam2_model, nuclei
     viewer, widget, _ = make_widget(nuclei[0], sam2_model)
     viewer.dims.set_current_step(0, 1)
     applied = []
-    original = widget._predictor._on_result
-    widget._predictor._on_result = lambda i, p: (applied.append(p), original(i, p))
+    original = widget._on_prediction  # what shows an answered prompt
+    widget._on_prediction = lambda i, p: (applied.append(p), original(i, p))
     widget.points_layer.add([1, 20, 30])
     widget.points_layer.add([1, 30, 40])  # before the first answer reached the GUI thread
     widget.wait()
@@ -294,7 +298,8 @@ def test_recommit_with_overwrite_replaces_the_object_exactly(make_widget, sam2_m
     widget.edit_label()
     new = np.zeros(nuclei[0].shape, bool)
     new[3, 11:14, 11:14] = True  # the refined object overlaps the old one on 2x2 pixels
-    widget.preview_layer.data[...] = new
+    widget.annotation.add_prompt(5, 3, mask=new[3])  # (a console script refining it)
+    np.testing.assert_array_equal(widget.preview_layer.data == 5, new)
     widget.overwrite_check.setChecked(True)
     widget.commit()
     np.testing.assert_array_equal(target.data == 5, new)

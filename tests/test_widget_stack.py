@@ -156,7 +156,7 @@ def test_embeddings_in_background_keep_the_viewer_live(make_widget, sam2_model, 
     # a click on a slice not encoded yet is answered while the precompute still runs
     viewer.dims.set_current_step(0, 23)
     answered = []
-    widget._predictor._on_result = lambda i, p, f=widget._on_prediction: (
+    widget._on_prediction = lambda i, p, f=widget._on_prediction: (
         answered.append((i, widget._task is not None, sum(widget.session.embeddings.is_computed(j) for j in range(24)))),
         f(i, p),
     )
@@ -206,11 +206,16 @@ def test_errors_are_notifications(make_widget, sam2_model, stack, notes, monkeyp
     widget.points_layer.add([2, 24, 30])
     widget.wait()
     assert widget.preview_layer.data[2].any()
-    widget.obj_spin.setValue(300)
-    widget.commit()
+    first = widget.obj_id
+    widget.obj_spin.setValue(300)  # an object with that id: refused at its first prompt
+    widget.points_layer.add([2, 30, 40])
+    widget.wait()
     assert notes[-1][0] == "warning" and "does not fit" in notes[-1][1]
+    assert 300 not in widget.annotation.objects
+    widget.commit()
     assert not small.data.any() and len(small._undo_history) == 0
-    assert widget.preview_layer.data[2].any()  # the object is still there to commit elsewhere
+    widget.select_object(first)
+    assert widget.preview_layer.data[2].any()  # the first object is still there to commit elsewhere
     widget.clear_object()
     # weights that cannot be downloaded: the loader's message, no traceback, no model change
     spec = models.ModelSpec("offline-test", "sam2", "http://127.0.0.1:9/offline.pt", None,
@@ -334,14 +339,19 @@ def test_propagation_never_reaches_another_object(make_widget, sam2_model, actio
         want = widget.session.predict(20, points=[[24, 30]], point_labels=[1])
         np.testing.assert_array_equal(preview[20], want.mask)
         preview[20] = False
+    elif action == "next":  # object 1 stays, with its click; nothing of the cancelled run was stored
+        assert widget.obj_id == 2 and "cancelled" in widget.status_label.text()
+        assert list(widget.session.prompts) == [1] and widget.annotation.objects[1].slices() == [20]
+        np.testing.assert_array_equal(preview[20], widget.annotation.mask(1, 20))
+        preview[20] = False
     else:
-        assert widget.obj_id == (2 if action == "next" else 1)
+        assert widget.obj_id == 1
         assert not widget.session.prompts and "cancelled" in widget.status_label.text()
     assert not preview.any()
 
 
 def test_an_error_showing_a_propagated_slice_is_a_notification(make_widget, sam2_model, stack, notes, monkeypatch):
-    from napari_sam_stack._widget import _object
+    from napari_sam_stack._widget import _preview
 
     viewer, widget, _ = make_widget(stack, sam2_model)
     viewer.dims.set_current_step(0, 3)
@@ -351,7 +361,7 @@ def test_an_error_showing_a_propagated_slice_is_a_notification(make_widget, sam2
     def broken(*args, **kw):
         raise RuntimeError("preview write failed")
 
-    monkeypatch.setattr(_object, "write_preview", broken)
+    monkeypatch.setattr(_preview.PreviewView, "_paint_run_slice", broken)  # what shows a propagated slice
     widget.propagate()
     widget.wait()
     errors = [n for n in notes if n[0] == "error"]

@@ -41,10 +41,11 @@ def _handler(widget, method: str):
     return handle
 
 
-def bind_keys(widget, target) -> None:
-    """Bind every shortcut on ``target`` (a viewer or a layer) to ``widget``'s methods."""
+def bind_keys(widget, target, methods=None) -> None:
+    """Bind the shortcuts (all, or those of ``methods``) on ``target`` (a viewer or a layer) to ``widget``."""
     for method, key, _ in KEYS:
-        target.bind_key(key, _handler(widget, method), overwrite=True)
+        if methods is None or method in methods:
+            target.bind_key(key, _handler(widget, method), overwrite=True)
 
 
 def unbind_keys(widget, target) -> None:

@@ -65,16 +65,17 @@ def make_boxes_layer(viewer, view: SliceView):
     )
 
 
-def make_labels_layer(viewer, view: SliceView, name: str, dtype=np.uint32, **kw):
-    return viewer.add_labels(np.zeros(view.label_shape, dtype), name=name, **_geometry(view), **kw)
+def make_labels_layer(viewer, view: SliceView, name: str, dtype=np.uint32, data=None, **kw):
+    """A labels layer over the view's image; ``data`` (the array itself, not a copy) or zeros."""
+    data = np.zeros(view.label_shape, dtype) if data is None else data
+    return viewer.add_labels(data, name=name, **_geometry(view), **kw)
 
 
 def make_preview_layer(viewer, view: SliceView):
-    """The current object's mask, one colour, see-through; not part of any undo history."""
-    from napari.utils.colormaps import DirectLabelColormap
+    """Objects not committed yet (and the current one), in their label colours, see-through.
 
-    cmap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: PREVIEW_COLOR})
-    return make_labels_layer(viewer, view, PREVIEW_NAME, np.uint8, opacity=0.5, colormap=cmap, metadata={TAG: "preview"})
+    Not part of any undo history: it is a view of the annotation, repainted from it."""
+    return make_labels_layer(viewer, view, PREVIEW_NAME, np.uint32, opacity=0.6, metadata={TAG: "preview"})
 
 
 def fits(layer, view: SliceView, geometry: bool = False, grid: bool = True) -> bool:
@@ -152,42 +153,58 @@ def set_point_labels(points_layer, label: str, indices=None) -> None:
 # ---------------------------------------------------------------------- labels
 
 
-def write_preview(preview, view: SliceView, index: int, mask: np.ndarray | None, value: int = 1) -> None:
-    """Show ``mask`` (Y, X bool, or None to clear) as the preview of slice ``index``."""
+def write_preview(preview, view: SliceView, index: int, labels: np.ndarray | None, refresh: bool = True) -> None:
+    """Show ``labels`` ((Y, X) ids, or bool, or None to clear) as the preview of slice ``index``."""
     sl = preview.data[view.slice_key(index)]
-    sl[...] = 0 if mask is None else np.where(mask, value, 0).astype(sl.dtype)
-    preview.refresh()
+    sl[...] = 0 if labels is None else np.asarray(labels).astype(sl.dtype, copy=False)
+    if refresh:
+        preview.refresh()
 
 
-def commit_object(target, view: SliceView, obj: np.ndarray, obj_id: int, overwrite: bool = False) -> int:
-    """Write one object into ``target`` as ONE undoable step; returns the number of pixels changed.
-
-    ``obj``: bool array of the view's region ((N, Y, X) or (Y, X)). Pixels of ``obj_id``
-    outside ``obj`` (in the region) are cleared, so refining an object replaces it.
-    Other objects are kept unless ``overwrite``.
-    """
+def write_labels(target, view: SliceView, edit) -> None:
+    """Apply an annotation's :class:`~napari_sam_stack.annotation.LabelsEdit` to ``target`` as ONE undo step."""
+    if not len(edit):
+        return
     info = np.iinfo(target.data.dtype)
-    if obj_id > info.max:
-        raise UserError(
-            f"label id {obj_id} does not fit the {target.data.dtype} labels layer {target.name!r} (max {info.max}); "
-            "choose a smaller id or a wider labels layer"
-        )
-    region = np.asarray(target.data[view.region_key()])
-    write = obj & (region != obj_id)  # a new array: ``obj`` itself is never modified
-    if not overwrite:
-        write &= region == 0
-    clear = (region == obj_id) & ~obj
-    n = int(write.sum() + clear.sum())
-    if n == 0:
-        return 0
+    if int(edit.values.max()) > info.max:
+        raise UserError(f"label id {int(edit.values.max())} does not fit the {target.data.dtype} labels layer "
+                        f"{target.name!r} (max {info.max}); choose a smaller id or a wider labels layer")
+    region = edit.indices[1:] if view.axis is None else edit.indices
     with target.block_history():
-        if write.any():
-            target.data_setitem(view.region_to_full(np.nonzero(write)), obj_id, refresh=False)
-        if clear.any():
-            target.data_setitem(view.region_to_full(np.nonzero(clear)), 0, refresh=False)
+        target.data_setitem(view.region_to_full(region), np.asarray(edit.values), refresh=False)
     target.refresh()
-    return n
 
 
-def next_free_id(target) -> int:
-    return 1 if target is None else int(np.max(target.data)) + 1
+def prompts_to_layers(view: SliceView, prompts: dict) -> tuple[np.ndarray, list[str], list[np.ndarray]]:
+    """An object's prompts ({slice: Prompt}, SAM's (x, y)) as points layer data + labels and rectangles."""
+    pts, labs, boxes = [], [], []
+
+    def full(i, rc):
+        out = np.zeros((len(rc), view.ndim))
+        for ax, v in view.fixed.items():
+            out[:, ax] = v
+        if view.axis is not None:
+            out[:, view.axis] = i
+        out[:, -2:] = rc
+        return out
+
+    for i in sorted(prompts):
+        p = prompts[i]
+        if p.points is not None:
+            pts.append(full(i, np.asarray(p.points, float)[:, ::-1]))
+            labs += [POSITIVE if v else NEGATIVE for v in np.asarray(p.labels).tolist()]
+        if p.box is not None:
+            x0, y0, x1, y1 = (float(v) for v in p.box)
+            boxes.append(full(i, np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])))
+    data = np.concatenate(pts) if pts else np.empty((0, view.ndim))
+    return data, labs, boxes
+
+
+def layer_signature(prompt) -> tuple | None:
+    """:meth:`SlicePrompt.signature` of an annotation Prompt (what the layers would read back)."""
+    if prompt is None or (prompt.points is None and prompt.box is None):
+        return None
+    pts = None if prompt.points is None else np.asarray(prompt.points, float)[:, ::-1]
+    box = None if prompt.box is None else np.asarray(prompt.box, float)[[1, 0, 3, 2]]
+    lab = None if prompt.labels is None else np.asarray(prompt.labels).astype(np.int32)
+    return SlicePrompt(pts, lab, box).signature()

@@ -6,7 +6,7 @@ import functools
 import logging
 import re
 
-from ..errors import Cancelled, DownloadError, PromptError, SamStackError
+from ..errors import AnnotationError, Cancelled, DownloadError, PromptError, SamStackError
 
 log = logging.getLogger("napari_sam_stack")
 
@@ -21,7 +21,7 @@ def notify(error: BaseException) -> None:
 
     if isinstance(error, Cancelled):
         show_info(str(error) or "cancelled")
-    elif isinstance(error, (UserError, PromptError)):
+    elif isinstance(error, (UserError, PromptError, AnnotationError)):
         show_warning(str(error))
     elif isinstance(error, SamStackError):
         show_error(str(error))

@@ -1,10 +1,15 @@
-"""The dock widget: a thin view over a :class:`napari_sam_stack.Session`.
+"""The dock widget: a view and a set of controls over a :class:`napari_sam_stack.Annotation`.
 
 Choose image layer / slice axis / channel, load a model, compute embeddings in the
-background, then click. ``widget.session`` is the same object the console can script.
+background, then click. ``widget.annotation`` (every object, its prompts and status, the
+committed labels) and ``widget.session`` (its engine) are the objects the console scripts.
+Panels of other modules dock below as collapsible sections (see ``_widget/__init__.py``).
 """
 
 from __future__ import annotations
+
+import importlib
+import logging
 
 from qtpy.QtCore import QEvent, QTimer
 
@@ -14,18 +19,25 @@ from ._compat import guard_llvm_clash
 from ._controls import LOCAL, Controls
 from ._current import CurrentView
 from ._keys import bind_keys, unbind_keys
-from ._layers import POSITIVE, next_free_id, role
+from ._layers import POSITIVE, role
+from ._model import DEFAULT_MODEL, ModelActions
 from ._object import ObjectActions
-from ._report import UserError, explain_download, notify, reported, reporting, short_message
+from ._panel import ObjectsPanel
+from ._preview import PreviewView
+from ._project import ProjectActions
+from ._report import UserError, notify, reported, reporting, short_message
+from ._run import RunActions
 from ._view import axis_names, default_axis, nonspatial_axes
 from ._workers import Failed, LatestOnly, Task
 
-DEFAULT_MODEL = "sam2.1_hiera_tiny"
-LOADED = "loaded"  # item data of the model box's entry for a model loaded from elsewhere (console, --test-model)
+log = logging.getLogger("napari_sam_stack")
+
+# (module, title): panels other modules add; each defines a QWidget class ``Panel`` (or ``...Panel``) taking this widget
+PANELS = (("._automatic", "Segment everything"), ("._train", "Finetune on your labels"))
 
 
-class SamStackWidget(CurrentView, ObjectActions, Controls):
-    """Segment Anything on stacks: click, preview, propagate, commit."""
+class SamStackWidget(CurrentView, PreviewView, ObjectActions, RunActions, ProjectActions, ModelActions, Controls):
+    """Segment Anything on stacks: click, preview, propagate, commit; every object in one annotation."""
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -33,10 +45,15 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         self.viewer = napari_viewer
         self._closed = False
         self.model = None
+        self.objects_panel = ObjectsPanel(self)
+        self.objects_box.layout().addWidget(self.objects_panel)
         self._init_current()
         self._task: Task | None = None
         self._task_kind = ""
-        self._predictor = LatestOnly(self._on_prediction, self.report)
+        self._predictor = LatestOnly(self._on_slice_ready, self.report)
+        self._shown: dict = {}
+        self._keyed_targets: dict = {}
+        self._opened_layers: set = set()
         self._reset_object_state()
         self._polarity = POSITIVE
         self._box_mode = False
@@ -45,6 +62,8 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         self._contrast_timer = QTimer(self, singleShot=True, interval=300)  # a slider drag: one rebuild at the end
         self._contrast_timer.timeout.connect(self._on_contrast_limits)
         self._contrast_changed = lambda *_: self._contrast_timer.start()
+        self._sync_timer = QTimer(self, singleShot=True, interval=300)  # painting by hand: statuses follow
+        self._sync_timer.timeout.connect(self._sync_labels)
         self._label_layers: list = []
 
         self.model_combo.addItems([*available_models(), LOCAL])
@@ -59,7 +78,9 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         self.embed_button.clicked.connect(lambda *_: self.compute_embeddings())
         self.cancel_button.clicked.connect(lambda *_: self.cancel())
         self.propagate_button.clicked.connect(lambda *_: self.propagate())
+        self.propagate_all_button.clicked.connect(lambda *_: self.propagate_all())
         self.commit_button.clicked.connect(lambda *_: self.commit())
+        self.commit_all_button.clicked.connect(lambda *_: self.commit_all())
         self.clear_button.clicked.connect(lambda *_: self.clear_object())
         self.next_button.clicked.connect(lambda *_: self.next_object())
         self.edit_button.clicked.connect(lambda *_: self.edit_label())
@@ -68,6 +89,7 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         self.redo_button.clicked.connect(lambda *_: self.redo_labels())
         self.obj_spin.valueChanged.connect(self._on_obj_changed)
         self.target_combo.currentIndexChanged.connect(self._on_target_changed)
+        self._init_project()
 
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
@@ -75,6 +97,60 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         bind_keys(self, self.viewer)
         self._show_mode()
         self._refresh_layer_choices()
+        self.panels = self._dock_panels()
+
+    def _dock_panels(self) -> dict:
+        """Other modules' panels, each in a collapsible section; a module not there (yet) is skipped."""
+        from qtpy.QtWidgets import QWidget
+
+        panels = {}
+        for module, title in PANELS:
+            try:
+                mod = importlib.import_module(module, __package__)
+            except ImportError:
+                continue
+            cls = getattr(mod, "Panel", None) or next(
+                (v for k, v in vars(mod).items() if k.endswith("Panel") and isinstance(v, type)
+                 and issubclass(v, QWidget) and v.__module__ == mod.__name__), None)
+            if cls is None:
+                continue
+            try:
+                panels[module.strip("._")] = panel = cls(self)
+            except Exception as e:  # a broken panel must not take the widget down
+                log.warning("panel %s failed", module, exc_info=e)
+                continue
+            self.add_section(getattr(mod, "TITLE", title), panel)
+        return panels
+
+    # ------------------------------------------------------------------ for panels and scripts
+    def run_worker(self, fn, *, desc: str, total: int = 0, generator: bool = False, on_yield=None, on_done=None,
+                   kind: str | None = None) -> Task:
+        """Run ``fn(task)`` in a worker thread with a progress bar and the widget's Cancel button.
+
+        ``fn`` may call ``task.progress(done, total)`` and poll ``task.is_cancelled()``; with
+        ``generator=True`` it yields values that reach ``on_yield(value)`` on the main thread.
+        ``on_done(result, cancelled)`` runs on the main thread at the end (``result``: the
+        return value, or a :class:`~napari_sam_stack._widget._workers.Failed`); then the
+        preview and the objects panel are refreshed from ``widget.annotation``. One task
+        runs at a time (a second one is refused with a message).
+        """
+        def done(result, cancelled):
+            try:
+                if isinstance(result, Failed) and not cancelled and on_done is None:
+                    self.report(result.error)
+                if on_done is not None:
+                    on_done(result, cancelled)
+            finally:
+                self.refresh()
+
+        return self._start_task(kind or desc, fn, desc=desc, total=total, generator=generator, on_yield=on_yield,
+                                on_done=done)
+
+    def refresh(self) -> None:
+        """Repaint the preview and the objects panel from ``widget.annotation`` (after a script changed it)."""
+        if self._annotation is not None and self._alive():
+            self.objects_panel.set_annotation(self._annotation)
+            self._paint_all()
 
     # ------------------------------------------------------------------ reporting
     def report(self, error: BaseException) -> None:
@@ -94,7 +170,7 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         current = self.image_layer
         self._image_layers = [lay for lay in self.viewer.layers if isinstance(lay, Image)]
         if current is not None and current not in self._image_layers:  # the image is gone: so is the work on it
-            self._cancel_task("propagate", "embeddings")
+            self._cancel_task("propagate", "propagate all", "embeddings")
             self._predictor.invalidate()
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
@@ -115,6 +191,8 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
             self._on_target_changed()
         if self.image_layer is not current:
             self._on_image_changed()
+        if event is not None and getattr(event, "type", "") == "inserted":
+            reporting(self._open_read_projects, self.report)()
 
     @property
     def image_layer(self):
@@ -136,10 +214,20 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         self._refresh_layer_choices()
         self.target_combo.setCurrentIndex(0 if layer is None else 1 + self._label_layers.index(layer))
 
+    @reported
     def _on_target_changed(self, *_) -> None:
-        """A new target: the object id becomes its next free id (never one of its existing labels)."""
-        if not getattr(self, "_keep_obj_id", False):
-            self.obj_spin.setValue(next_free_id(self.target_layer))
+        """A new target: the annotation of that labels layer (the object id: its next free id)."""
+        target = self.target_layer
+        self._follow_target(target)
+        if getattr(self, "_keep_obj_id", False):
+            return  # the widget made this layer for the annotation it shows (first commit, an opened project)
+        if self.model is None or self.image_layer is None or self._closed:
+            if target is not None:
+                self.obj_spin.setValue(int(target.data.max()) + 1)
+            return
+        self._current_session(block=True)
+        if self._session is not None:
+            self._bind_annotation()
 
     def _follow_contrast(self, layer) -> None:
         """Rebuild the session when the layer's contrast limits change ("layer contrast limits" mode)."""
@@ -205,66 +293,6 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         """The whole stack: every object starts with it (a range set for one object never sticks)."""
         self.start_spin.setValue(self.start_spin.minimum())
         self.stop_spin.setValue(self.stop_spin.maximum())
-
-    # ------------------------------------------------------------------ model
-    @reported
-    def load_model(self) -> None:
-        """Load the model chosen in the combo box, in the background."""
-        from .. import models
-
-        guard_llvm_clash()
-        name, device = self.model_combo.currentText(), self.device_combo.currentText()
-        if self.model_combo.currentData() == LOADED:
-            self.set_status(f"{self.model.name} is loaded: pick another model to load")
-            return
-        kw: dict = {"device": None if device == "auto" else device}
-        if name == LOCAL:
-            ckpt, cfg = self.ckpt_edit.text().strip(), self.config_edit.text().strip()
-            if not ckpt:
-                raise UserError("choose a checkpoint file first")
-            kw["checkpoint"] = ckpt
-            if cfg.endswith((".yaml", ".yml")) or "/" in cfg:
-                kw["config"] = cfg
-            elif cfg:
-                kw["model_type"] = cfg
-        else:
-            kw["model"] = name
-        self.set_status(f"loading {name} …")
-        done = lambda result, cancelled=False: self._model_loaded(result, cancelled, name)  # noqa: E731
-        self._start_task("model", lambda task: models.load_model(**kw), desc=f"Loading {name}", on_done=done)
-
-    def _model_loaded(self, result, cancelled=False, name=None) -> None:
-        if cancelled:
-            self.set_status("model loading cancelled" + (f"; still using {self.model.name}" if self.model else ""))
-        elif isinstance(result, Failed):
-            self.report(explain_download(result.error, name))
-        else:
-            self.set_model(result)
-
-    @reported
-    def set_model(self, model) -> None:
-        """Use an already-loaded :class:`~napari_sam_stack.LoadedModel` (console, tests)."""
-        self.model = model
-        self._show_loaded_model(model)
-        self.model_label.setText(f"{model.name} ({'SAM 2' if model.family == 'sam2' else 'SAM 1'}, {model.device})")
-        self.set_status("model ready: click on the object (Points layer 'SAM points')")
-        if self.image_layer is not None:
-            self._prompts_changed()
-
-    def _show_loaded_model(self, model) -> None:
-        """The model box names the model in use: its registry entry, else an entry for it ("… (loaded)")."""
-        combo = self.model_combo
-        combo.blockSignals(True)
-        old = combo.findData(LOADED)
-        if old >= 0:
-            combo.removeItem(old)
-        if model.name in available_models():
-            combo.setCurrentText(model.name)
-        else:
-            combo.insertItem(0, f"{model.name} (loaded)", LOADED)
-            combo.setCurrentIndex(0)
-        combo.blockSignals(False)
-        self.show_local_fields(combo.currentText() == LOCAL)
 
     # ------------------------------------------------------------------ long tasks
     @property
@@ -356,15 +384,20 @@ class SamStackWidget(CurrentView, ObjectActions, Controls):
         ev = self.viewer.layers.events
         for e in (ev.inserted, ev.removed, ev.reordered):
             e.disconnect(self._refresh_layer_choices)
+        self._autosave_timer.stop()
+        self._set_annotation(None)
         for layer in (self.points_layer, self.boxes_layer):
             if layer is not None:
                 layer.events.data.disconnect(self._on_prompt_data)
                 layer.events.features.disconnect(self._on_prompt_data)
         if self.boxes_layer is not None:
             self.boxes_layer.events.data.disconnect(self._on_box_data)
-        for target in (self.viewer, self.points_layer, self.boxes_layer, self.preview_layer):
+        for target in (self.viewer, self.points_layer, self.boxes_layer, self.preview_layer,
+                       *self._keyed_targets.values()):
             if target is not None:
                 unbind_keys(self, target)
+        for target in self._keyed_targets.values():
+            target.events.paint.disconnect(self._on_paint)
 
     def event(self, event) -> bool:
         if event.type() == QEvent.Type.ParentChange:  # napari's dock close button un-parents the widget

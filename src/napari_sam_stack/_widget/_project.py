@@ -1,0 +1,174 @@
+"""Save / open a project from the widget, autosave, and the offer to restore an autosave.
+
+A mixin of :class:`~napari_sam_stack._widget._widget.SamStackWidget`. Opening a project
+never touches an existing labels layer: its labels become a new labels layer (or the one
+napari's reader made from the project), whose data is the opened annotation's labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ._current import layer_key
+from ._layers import make_labels_layer
+from ._report import UserError, reported
+
+PROJECT_KEY = "napari_sam_stack_project"  # labels layer metadata: the project folder it was read from
+AUTOSAVE_CHECK_MS = 30_000
+
+
+def latest_autosave(a) -> Path | None:
+    """The newest autosave of the annotation's image, or None."""
+    from ..project import is_project
+
+    folder = Path(a.autosave_path)
+    try:
+        snaps = [p for p in folder.iterdir() if p.name.startswith("snap-") and p.name[5:].isdigit()]
+    except OSError:
+        return None
+    snaps = [p for p in sorted(snaps, key=lambda p: int(p.name[5:])) if is_project(p)]
+    return snaps[-1] if snaps else None
+
+
+class ProjectActions:
+    """Save, open, autosave, restore."""
+
+    def _init_project(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self._autosave_offer = None  # (annotation, path) of an autosave the user may restore
+        self._autosave_timer = QTimer(self, interval=AUTOSAVE_CHECK_MS)
+        self._autosave_timer.timeout.connect(self.autosave_now)
+        self._autosave_timer.start()
+        self.save_button.clicked.connect(lambda *_: self.save_project())
+        self.open_button.clicked.connect(lambda *_: self.open_project())
+        self.restore_button.clicked.connect(lambda *_: self.restore_autosave())
+
+    @reported
+    def autosave_now(self, force: bool = False) -> list:
+        """Give every annotation of this widget the chance to autosave (``maybe_autosave``); the timer calls this."""
+        written = []
+        for a in list(self._annotations.values()):
+            if a.objects or a.labels.any():
+                path = a.maybe_autosave(force=force)
+                if path is not None:
+                    written.append(path)
+        return written
+
+    @reported
+    def save_project(self, path=None, overwrite: bool = False):
+        """Save the annotation as a project folder (a ``.sam`` folder; the folder picker asks where)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        a = self.annotation
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save project (folder)", str(a.project_path or ""),
+                                                  "napari-sam-stack project (*.sam)")
+            if not path:
+                return None
+            path = path if path.endswith(".sam") else path + ".sam"
+        out = a.save(path, overwrite=overwrite)
+        self.set_status(f"saved {len(a.objects)} object(s) to {out}")
+        return out
+
+    @reported
+    def open_project(self, path=None, labels_layer=None):
+        """Open a project onto the chosen image layer: its objects, prompts, statuses and labels come back.
+
+        A project of another image, a damaged one, or one of another model is refused with
+        a message; nothing in the viewer changes then.
+        """
+        from qtpy.QtWidgets import QFileDialog
+
+        from ..annotation import Annotation
+
+        if path is None:
+            path = QFileDialog.getExistingDirectory(self, "Open project (a .sam folder)")
+            if not path:
+                return None
+        if self.model is None:
+            raise UserError("load the project's model first (Model → Load model), then open the project")
+        view = self.current_view()
+        b = Annotation.open(path, image=view.data, model=self.model)
+        self._show_opened(b, view, labels_layer, name=f"{Path(path).name} labels")
+        self.set_status(f"opened {path}: {len(b.objects)} object(s)")
+        return b
+
+    def _show_opened(self, b, view, labels_layer, name: str) -> None:
+        """Make the opened annotation ``b`` the widget's: its session, its labels as a labels layer."""
+        s = b.session
+        if view.axis != s.axis:
+            self.set_axis(s.axis)
+            view = self.current_view()
+        if labels_layer is not None and tuple(labels_layer.data.shape) == view.label_shape:
+            data = labels_layer.data
+            data[view.region_key()] = b.labels.reshape(data[view.region_key()].shape)
+        elif view.axis is not None and not view.fixed:
+            data = b.labels  # (N, Y, X) is the layer's shape: the layer holds the annotation's own array
+        else:
+            data = np.zeros(view.label_shape, b.labels.dtype)
+            data[view.region_key()] = b.labels.reshape(data[view.region_key()].shape)
+        region = data[view.region_key()]
+        if view.axis is None:
+            region = region[None]
+        b.labels = region  # the layer's data, so commits through the layer and the annotation agree
+        key = (view.key(), id(self.model))
+        self._switch_view(view, key)
+        self._session, self._session_key, self._building_key = s, key, None
+        target = labels_layer if labels_layer is not None else make_labels_layer(self.viewer, view, name, data=data)
+        self._annotations[(key, layer_key(target))] = b
+        self._target_of[id(b)] = target
+        self._keep_obj_id = True
+        try:
+            self.target_layer = target
+        finally:
+            self._keep_obj_id = False
+        self._bind_annotation()  # b: found under that key
+        self._autosave_offer = None
+        self.restore_button.setVisible(False)
+
+    # ------------------------------------------------------------------ autosave offer
+    def _offer_autosave(self) -> None:
+        """A fresh annotation of an image that has an autosave: offer to restore it (a button, a notification)."""
+        a = self._annotation
+        self._autosave_offer = None
+        self.restore_button.setVisible(False)
+        if a is None or a.objects or a.labels.any():
+            return
+        path = latest_autosave(a)
+        if path is None:
+            return
+        from napari.utils.notifications import show_info
+
+        self._autosave_offer = (a, path)
+        self.restore_button.setText("Restore autosave")
+        self.restore_button.setToolTip(f"{path}")
+        self.restore_button.setVisible(True)
+        show_info("An autosave of this image exists: press 'Restore autosave' in the SAM widget to continue it.")
+
+    @reported
+    def restore_autosave(self):
+        """Open the autosave offered for this image (into a new labels layer)."""
+        if self._autosave_offer is None:
+            raise UserError("no autosave to restore for this image")
+        from ..annotation import Annotation
+
+        _, path = self._autosave_offer
+        view = self.current_view()
+        b = Annotation.open(path, image=view.data, model=self.model)
+        self._show_opened(b, view, None, name="SAM labels (restored)")
+        self.set_status(f"restored the autosave: {len(b.objects)} object(s)")
+        return b
+
+    # ------------------------------------------------------------------ napari's reader
+    def _open_read_projects(self) -> None:
+        """A labels layer napari's reader made from a project: open its objects (once a model is loaded)."""
+        if self.model is None or self.image_layer is None:
+            return
+        for layer in list(self.viewer.layers):
+            path = getattr(layer, "metadata", {}).get(PROJECT_KEY)
+            if path and layer_key(layer) not in self._opened_layers:
+                self._opened_layers.add(layer_key(layer))
+                self.open_project(path, labels_layer=layer)
