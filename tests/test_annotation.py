@@ -218,6 +218,11 @@ def test_bad_inputs_raise_and_leave_labels_untouched(stack, sam2_model):
         lambda: a.propagate([i], max_absent=0),
         lambda: a.propagate([i], start=5, stop=2),
         lambda: a.set_candidate(i, 1, 7),
+        lambda: a.set_candidate(i, 1, "1"),
+        lambda: a.commit([i], overwrite="yes"),
+        lambda: a.propagate([i], max_absent=1.5),
+        lambda: nss.Annotation(stack[0], sam2_model, in_memory=True, autosave_every=-1),
+        lambda: nss.Annotation(stack[0], sam2_model, in_memory=True, autosave="on"),
         lambda: a.predict(i, 4),
         lambda: a.mask(123, 0),
         lambda: a.commit([a.new_object()]),  # no mask

@@ -15,21 +15,19 @@ import pytest
 
 import napari_sam_stack as nss
 from napari_sam_stack.errors import ProjectError
+from napari_sam_stack.testing import synthetic_nuclei
 
 SHAPE = (5, 40, 48)
 
 
 @pytest.fixture(scope="module")
 def image():
-    from napari_sam_stack.testing import synthetic_nuclei
-
     return synthetic_nuclei(SHAPE, n_nuclei=3, seed=2)[0]
 
 
 def rect(r0, r1, c0, c1):
-    m = np.zeros(SHAPE[1:], bool)
-    m[r0:r1, c0:c1] = True
-    return m
+    """A bool mask of the slice, True in rows r0..r1-1, cols c0..c1-1."""
+    return np.pad(np.ones((r1 - r0, c1 - c0), bool), ((r0, SHAPE[1] - r1), (c0, SHAPE[2] - c1)))
 
 
 def test_autosave_after_commit_and_on_the_timer(image, sam2_model, tmp_path):

@@ -224,6 +224,10 @@ def test_save_never_replaces_what_it_must_not(saved, tmp_path, image, sam2_model
     assert user_file.read_text() == "my notes" and files(folder) == {"cells.csv": b"1,2,3"}
     with pytest.raises(ProjectError, match="does not exist"):
         a.save(tmp_path / "missing" / "x.sam")
+    for bad in (lambda: a.save(123), lambda: a.save(""), lambda: a.save(tmp_path / "y.sam", overwrite="no"),
+                lambda: nss.Annotation.open(None), lambda: nss.Annotation.open(path, allow_model_change=1)):
+        with pytest.raises(ProjectError):
+            bad()
     # another project: only with overwrite=True
     b = nss.Annotation.open(path, image=image, model=sam2_model)
     other = b.save(tmp_path / "other.sam")

@@ -133,12 +133,6 @@ def mask_only(prompt: Prompt) -> bool:
     return prompt.mask is not None and not prompt.mask_is_logits and prompt.points is None and prompt.box is None
 
 
-def check_id(obj_id) -> int:
-    if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)) or obj_id < 1:
-        raise AnnotationError(f"object ids are positive integers (0 is background), got {obj_id!r}")
-    return int(obj_id)
-
-
 def check_ids(obj_ids) -> list:
     """One id or an iterable of them, as a non-empty list (each still to be checked)."""
     if isinstance(obj_ids, (int, np.integer)) and not isinstance(obj_ids, bool):

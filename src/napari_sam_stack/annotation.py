@@ -17,9 +17,10 @@ import numpy as np
 
 from ._masks import LabelsEdit, MaskStack, apply_edit, commit_edit, confidence, delete_edit, mask_confidence
 from ._masks import present_ids, winners
-from ._objects import AnnotatedObject, AnnotationEvents, PropagationRun, Status, check_id, check_ids, conditioning_for
+from ._objects import AnnotatedObject, AnnotationEvents, PropagationRun, Status, check_ids, conditioning_for
 from ._objects import mask_only, predict_with_logits
 from ._persist import Persistence
+from ._validate import finite_number, flag, integer, object_id, positive_or_none
 from .errors import AnnotationError
 from .prompts import Prompt, make_prompt
 from .session import Session, _in_slice
@@ -37,6 +38,8 @@ class Annotation(Persistence):
 
     def __init__(self, image: Any, model: Any, axis: int | None = 0, *, labels=None, autosave: bool | None = None,
                  autosave_every: float = 120.0, **session_options):
+        autosave = flag(autosave, "autosave", allow_none=True, error=AnnotationError)
+        autosave_every = finite_number(autosave_every, "autosave_every", AnnotationError, minimum=0)
         source = None
         if isinstance(image, (str, os.PathLike)):
             from .project import read_image
@@ -53,7 +56,7 @@ class Annotation(Persistence):
         self.source: str | None = source  # the image file, when known (saved with the project)
         self.project_path = None  # where save() last wrote / open() read
         self.autosave = (not session.embeddings.in_memory) if autosave is None else bool(autosave)
-        self.autosave_every = float(autosave_every)
+        self.autosave_every = autosave_every
         self._dirty_slices: set[int] | None = set(range(len(session)))  # labels slices changed since the autosave
         self._changed = False  # anything changed since the last autosave
         self._last_autosave = time.monotonic()
@@ -86,7 +89,7 @@ class Annotation(Persistence):
 
     # ------------------------------------------------------------------ objects
     def _object(self, obj_id) -> AnnotatedObject:
-        o = check_id(obj_id)
+        o = object_id(obj_id, AnnotationError)
         if o not in self.objects:
             known = ", ".join(map(str, self.objects)) or "none yet (a.new_object())"
             raise AnnotationError(f"no object {obj_id!r} in this annotation; objects: {known}")
@@ -105,7 +108,7 @@ class Annotation(Persistence):
             if o > np.iinfo(self.labels.dtype).max:
                 raise AnnotationError(f"no free id left in {self.labels.dtype} labels")
         else:
-            o = self._check_fits(check_id(obj_id))
+            o = self._check_fits(object_id(obj_id, AnnotationError))
             if o in self.objects:
                 raise AnnotationError(f"object {o} exists already")
         obj = AnnotatedObject(o, MaskStack(self.session.frames.frame_shape))
@@ -186,8 +189,9 @@ class Annotation(Persistence):
         i = self.session._index(index)
         if i not in obj.prompts:
             raise AnnotationError(f"object {obj.id} has no prompt on slice {i} (prompts on {obj.prompted()})")
+        k = integer(k, "candidate", AnnotationError)
         pred, logits = self._predict(obj.prompts[i], i)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < len(pred):
+        if not 0 <= k < len(pred):
             raise AnnotationError(f"candidate must be 0..{len(pred) - 1} for this prompt, got {k!r}")
         obj.candidate[i] = int(k)
         obj.masks.set(i, confidence(logits[k], 0.0))
@@ -236,9 +240,7 @@ class Annotation(Persistence):
             for o in ids:
                 if not self.objects[o].conditioning:
                     raise AnnotationError(f"object {o} has no prompt to propagate")
-        if max_absent is not None and (isinstance(max_absent, bool) or not isinstance(max_absent, (int, np.integer))
-                                       or max_absent < 1):
-            raise AnnotationError(f"max_absent must be a positive number of slices or None, got {max_absent!r}")
+        max_absent = positive_or_none(max_absent, "max_absent", AnnotationError)
         n = len(self.session)
         lo = 0 if start is None else self.session._index(start)
         hi = n - 1 if stop is None else self.session._index(stop)
@@ -276,6 +278,7 @@ class Annotation(Persistence):
         object replaces exactly its previous pixels; among the objects of one commit each
         pixel goes to the highest logit. Autosaves afterwards (when enabled).
         """
+        overwrite = flag(overwrite, "overwrite", error=AnnotationError)
         if obj_ids is None:
             ids = [o for o, obj in self.objects.items() if obj.status != Status.COMMITTED and len(obj.masks)]
             if not ids:
@@ -286,7 +289,7 @@ class Annotation(Persistence):
                 if not len(self.objects[o].masks):
                     raise AnnotationError(f"object {o} has no mask to commit (add a prompt or propagate; "
                                           "a.delete(i) removes its pixels)")
-        edit = commit_edit(self.labels, {o: self.objects[o].masks for o in ids}, overwrite=bool(overwrite))
+        edit = commit_edit(self.labels, {o: self.objects[o].masks for o in ids}, overwrite=overwrite)
         self._write(edit)
         written = set(np.unique(edit.values).tolist())
         for o in ids:

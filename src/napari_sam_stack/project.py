@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ._project_io import read_objects, read_project_files, write_arrays, write_labels
+from ._validate import flag
 from .errors import ProjectError
 
 FORMAT = 1
@@ -57,7 +58,8 @@ def is_project(path) -> bool:
 
 def save(annotation, path, overwrite: bool = False) -> Path:
     """Write ``annotation`` as a project folder at ``path`` (see the module doc for the rules)."""
-    path = Path(path).expanduser()
+    overwrite = flag(overwrite, "overwrite", error=ProjectError)
+    path = _path(path)
     if path.exists() or path.is_symlink():
         if not is_project(path):
             raise ProjectError(f"{path} exists and is not a napari-sam-stack project: it is never replaced; choose another path")
@@ -69,6 +71,12 @@ def save(annotation, path, overwrite: bool = False) -> Path:
     _write_atomic(annotation, path, autosave=False)
     annotation.project_path = path
     return path
+
+
+def _path(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ProjectError(f"a project path must be a non-empty str or path, got {path!r}")
+    return Path(path).expanduser()
 
 
 def _same(a: Path, b) -> bool:
@@ -241,7 +249,8 @@ def open_project(path, image=None, model=None, *, allow_model_change: bool = Fal
     from .models import LoadedModel, available_models, load_model
     from .session import Session
 
-    path = Path(path).expanduser()
+    allow_model_change = flag(allow_model_change, "allow_model_change", error=ProjectError)
+    path = _path(path)
     meta = _read_meta(path)
     try:
         labels, arrays = read_project_files(path, meta)
