@@ -69,6 +69,11 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         what = _refused(str(e))
+        if what is None and _is_plain_pickle(path):
+            raise CheckpointError(
+                f"{path} is a plain Python pickle, not a torch checkpoint; pickles can hold code, so it was NOT "
+                "loaded and nothing in it ran. Save the weights with torch.save(model.state_dict(), 'weights.pt')."
+            ) from e
         if what is None:  # no refused reference: the bytes are not a checkpoint at all
             raise CheckpointError(
                 f"{path} ({path.stat().st_size} bytes) is truncated or corrupt: it is not a torch checkpoint "
@@ -86,6 +91,12 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
             "Delete it and download it again."
         ) from e
     return unwrap_state_dict(obj, path)
+
+
+def _is_plain_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # PROTO opcode, protocol 2..5
 
 
 def _refused(text: str) -> str | None:
