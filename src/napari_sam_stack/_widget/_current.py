@@ -295,5 +295,7 @@ class CurrentView:
 
 def _source_path(layer) -> str | None:
     """The file an image layer was read from, when napari knows it."""
+    from ..project import is_project
+
     path = getattr(getattr(layer, "source", None), "path", None)
-    return None if path is None else str(path)
+    return None if path is None or is_project(path) else str(path)
