@@ -160,6 +160,22 @@ def member(arr: np.ndarray, ids) -> np.ndarray:
     return np.isin(arr, ids)
 
 
+def slices_with(labels: np.ndarray, ids, block: int = 32) -> set[int]:
+    """Indices of the slices of ``labels`` holding any of ``ids`` (read ``block`` slices at a time)."""
+    ids = list(ids)
+    out: set[int] = set()
+    for z0 in range(0, labels.shape[0], block):
+        part = labels[z0:z0 + block]
+        if len(ids) <= 8:  # a few comparisons beat a lookup table
+            hit = np.zeros(part.shape[0], bool)
+            for o in ids:
+                hit |= (part == o).any(axis=(1, 2))
+        else:
+            hit = member(part, ids).any(axis=(1, 2))
+        out.update((z0 + np.flatnonzero(hit)).tolist())
+    return out
+
+
 def present_ids(labels: np.ndarray) -> set[int]:
     """Non-zero values in ``labels``, read one slice at a time."""
     found: set[int] = set()
@@ -211,12 +227,10 @@ def commit_edit(labels: np.ndarray, stacks: dict[int, MaskStack], overwrite: boo
     ids = list(stacks)
     slices = set().union(*(s.slices() for s in stacks.values())) if stacks else set()
     parts = []
-    for z in range(labels.shape[0]):
+    for z in sorted(slices | slices_with(labels, ids)):
         old = labels[z]
         mine = member(old, ids)
         touched = z in slices
-        if not touched and not mine.any():
-            continue
         new = old.copy()
         new[mine] = 0
         if touched:
@@ -235,7 +249,7 @@ def delete_edit(labels: np.ndarray, ids) -> LabelsEdit:
     """The edit that sets the pixels of ``ids`` to 0."""
     ids = list(ids)
     parts = []
-    for z in range(labels.shape[0]):
+    for z in sorted(slices_with(labels, ids)):
         old = labels[z]
         r, c = np.nonzero(member(old, ids))
         if r.size:

@@ -6,7 +6,7 @@ A project is a folder (suggested suffix ``.sam``)::
                                     source, model identity, session settings, every object
                                     (prompts, candidates, status), digests of the files below
     arrays.npz                      prompt masks, conditioning masks and result masks
-                                    (numpy, compressed, read with allow_pickle=False)
+                                    (numpy npz, read with allow_pickle=False)
     labels.zarr/                    the committed labels, (N, Y, X), one zstd chunk per slice
 
 Nothing is ever unpickled; JSON holds everything else. Writes are atomic: the project is
