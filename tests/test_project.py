@@ -241,3 +241,31 @@ def test_save_never_replaces_what_it_must_not(saved, tmp_path, image, sam2_model
     a.save(other)
     assert nss.Annotation.open(other, image=image, model=sam2_model).objects.keys() == a.objects.keys()
     assert sorted(os.listdir(tmp_path)) == ["data.sam", "notes.sam", "other.sam"]
+
+
+@pytest.mark.parametrize("case", ["time series of 4D (t, z, y, x) at z=2", "one 2D image", "RGB stack"])
+def test_roundtrip_keeps_the_view(case, tmp_path, sam2_model):
+    rng = np.random.default_rng(1)
+    if case.startswith("time"):
+        img, kw, shape = rng.integers(0, 4000, (4, 3, 40, 50), np.uint16), {"axis": 0, "fixed": {1: 2}}, (4, 40, 50)
+    elif case.startswith("one"):
+        img, kw, shape = rng.integers(0, 255, (40, 50), np.uint8), {"axis": None}, (1, 40, 50)
+    else:
+        img, kw, shape = rng.integers(0, 255, (3, 40, 50, 3), np.uint8), {"axis": 0}, (3, 40, 50)
+    a = nss.Annotation(img, sam2_model, in_memory=True, **kw)
+    i = a.new_object()
+    m = np.zeros(shape[1:], bool)
+    m[5:15, 10:30] = True
+    a.add_prompt(i, shape[0] - 1, mask=m)
+    a.commit()
+    b = nss.Annotation.open(a.save(tmp_path / "v.sam"), image=img, model=sam2_model)
+    assert b.labels.shape == shape and b.session.frames.fixed == a.session.frames.fixed
+    assert b.session.axis == a.session.axis and b.session.frames.channels == a.session.frames.channels
+    assert_same(a, b)
+    if case.startswith("time"):
+        other = img.copy()
+        other[:, 1] += 1  # another z plane changed only: the view at z=2 is the same image
+        nss.Annotation.open(tmp_path / "v.sam", image=other, model=sam2_model)
+        other[:, 2, 3, 3] += 7  # the viewed plane changed
+        with pytest.raises(ProjectError, match="image changed"):
+            nss.Annotation.open(tmp_path / "v.sam", image=other, model=sam2_model)
