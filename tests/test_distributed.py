@@ -75,7 +75,7 @@ def test_a_worker_killed_mid_run_is_retried_and_the_cache_is_intact(client, imag
 
     def run():
         try:
-            result.append(s.compute_embeddings(client=client, threads=torch.get_num_threads(), window=2))
+            result.append(s.compute_embeddings(client=client, threads=torch.get_num_threads(), window=2, slices_per_task=1))
         except Exception as e:  # reported below
             errors.append(e)
 

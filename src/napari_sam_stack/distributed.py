@@ -93,7 +93,7 @@ class ShippedFrames(Frames):
 
 
 def _embed_task(recipe, identity, frames: ShippedFrames, root: str, sam2_resize: str, dtype: str, key: str,
-                threads: int | None) -> list[int]:
+                threads: int | None, batch_size: int = 1) -> list[int]:
     """Run on a worker: encode ``frames``' slices into the cache at ``root`` (chunks, then done markers)."""
     from .embeddings import EmbeddingStore
 
@@ -106,7 +106,7 @@ def _embed_task(recipe, identity, frames: ShippedFrames, root: str, sam2_resize:
     if store.path is None or store.path.name != key:
         raise SamStackError(f"worker's cache key {store.path and store.path.name} differs from the client's {key}")
     indices = sorted(frames._raws)
-    store.compute(indices=indices)
+    store.compute(indices=indices, batch_size=batch_size)
     missing = [i for i in indices if not (store.path / "done" / str(i)).is_file()]
     if missing or store.in_memory:
         raise CacheError(f"this worker could not write the embeddings cache at {store.path} (slices {missing})")
@@ -114,14 +114,15 @@ def _embed_task(recipe, identity, frames: ShippedFrames, root: str, sam2_resize:
 
 
 def compute_embeddings(session, client, *, model: dict | None = None, progress: Callable[[int, int], Any] | None = None,
-                       cancel: Callable[[], bool] | None = None, batch_size: int = 1, window: int | None = None,
-                       threads: int | None = None, retries: int = 2) -> bool:
+                       cancel: Callable[[], bool] | None = None, batch_size: int = 1, slices_per_task: int = 4,
+                       window: int | None = None, threads: int | None = None, retries: int = 2) -> bool:
     """Encode ``session``'s missing slices on ``client``'s workers into its on-disk cache.
 
     ``model``: load_model keywords for the workers (default: derived from the session's
-    model: its registry name or checkpoint file). ``batch_size`` slices per task;
-    ``window`` tasks in flight (default twice the workers' threads); ``threads``: torch
-    threads per task (default: the worker's setting). Returns True when every slice is
+    model: its registry name or checkpoint file). ``slices_per_task`` slices per Dask task
+    (a task costs some 10-50 ms of scheduling: measured in docs/benchmarks.md), ``batch_size``
+    slices per encoder call within it; ``window`` tasks in flight (default twice the
+    workers' threads); ``threads``: torch threads per task (default: the worker's setting). Returns True when every slice is
     cached, False when ``cancel()`` returned True (finished slices are kept).
     """
     from distributed import as_completed
@@ -134,7 +135,7 @@ def compute_embeddings(session, client, *, model: dict | None = None, progress: 
     if recipe.get("device") is None:
         recipe.pop("device", None)
     pending = [i for i in range(len(store)) if not store.is_computed(i)]
-    total, size = len(pending), max(1, int(batch_size))
+    total, size = len(pending), max(1, int(slices_per_task))
     if progress is not None:
         progress(0, total)
     if not pending:
@@ -149,7 +150,7 @@ def compute_embeddings(session, client, *, model: dict | None = None, progress: 
         raws = {i: np.ascontiguousarray(frames.raw(i)) for i in batch}
         shipped = ShippedFrames(frames, raws, sig["frames"])
         return client.submit(_embed_task, recipe, session.model.identity, shipped, root, store.sam2_resize,
-                             store.dtype, key, threads, pure=False, retries=retries,
+                             store.dtype, key, threads, max(1, int(batch_size)), pure=False, retries=retries,
                              key=f"napari-sam-stack-embed-{key}-{batch[0]}-{len(batch)}")
 
     todo = iter(batches)
