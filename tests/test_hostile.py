@@ -606,3 +606,33 @@ def test_finding8_messages(evil, session):
     assert not evil["target"].exists()
     with pytest.raises(PromptError, match="points must be numbers"):
         session.predict(0, points=[["12", "x"]])
+
+
+def test_finding1_symlinks_are_never_followed(sam2_model, user_folder, tmp_path):
+    """A cache entry that is a link to a user's folder, or our folder holding a link to one: the
+    link may go, what it points to stays."""
+    cache = tmp_path / "cache"
+    store = EmbeddingStore(Frames(STACK, 0), sam2_model, cache_dir=cache)
+    store.get(0)
+    (user_folder / MARKER).write_text("napari-sam-stack embeddings cache, format 3\n")  # a planted marker
+    (cache / ("1" * 24)).symlink_to(user_folder, target_is_directory=True)
+    (store.path / "link").symlink_to(user_folder / "proj", target_is_directory=True)
+    before = snapshot(user_folder)
+    assert [e.path for e in nss.cache_info(cache).entries] == [store.path]
+    assert nss.clear_cache(cache) > 0 and not store.path.exists()
+    assert snapshot(user_folder) == before and (cache / ("1" * 24)).is_symlink()
+    store.path.symlink_to(user_folder / "mine.zarr", target_is_directory=True)  # our key links to a user's zarr
+    with pytest.warns(RuntimeWarning, match="keeping embeddings in memory"):
+        linked = EmbeddingStore(Frames(STACK, 0), sam2_model, cache_dir=cache)
+        linked.get(1)
+    assert not linked.on_disk and snapshot(user_folder) == before
+
+
+def test_store_index_arguments_are_checked(sam2_model):
+    store = EmbeddingStore(Frames(STACK, 0), sam2_model, in_memory=True)
+    for bad in (True, "1", 1.5, None, 4, -5):
+        with pytest.raises(ImageError, match="slice index|out of range"):
+            store.get(bad)
+        with pytest.raises(ImageError, match="slice index|out of range"):
+            store.compute(indices=[bad])
+    assert store.encoded_slices == 0
