@@ -64,10 +64,9 @@ def _root() -> bool:
 
 
 def install_hint(packages=None, also=()) -> str:
-    """The command that installs ``packages`` (default: the missing ones, all where dpkg cannot tell) and ``also``."""
+    """The command that installs ``packages`` (default: the missing ones, else all of them) and ``also``."""
     if packages is None:
-        packages = missing_packages()
-        packages = SYSTEM_PACKAGES if packages is None else packages
+        packages = missing_packages() or SYSTEM_PACKAGES  # nothing missing by dpkg's account: name them all
     packages = [*also, *(p for p in packages if p not in also)]
     return ("" if _root() else "sudo ") + "apt-get install -y " + " ".join(packages)
 
