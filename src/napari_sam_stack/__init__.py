@@ -24,6 +24,7 @@ _LAZY = {
     "Prediction": "predict",
     "cache_info": "embeddings",
     "clear_cache": "embeddings",
+    "automatic": None,
     "errors": None,
     "models": None,
 }

@@ -66,18 +66,12 @@ def decode(decoder, st: dict[str, Any], sparse) -> tuple[torch.Tensor, torch.Ten
     """All mask tokens' low-res logits (1, M, 4h, 4w) and IoU predictions (1, M), as
     ``predict_masks`` returns them (before the multimask selection)."""
     tr = decoder.transformer
-    s = 1 if getattr(decoder, "pred_obj_scores", False) else 0
-    parts = ([decoder.obj_score_token.weight] if s else []) + [decoder.iou_token.weight, decoder.mask_tokens.weight]
-    tokens = torch.cat([*parts, sparse[0].to(parts[0].dtype)], dim=0)[None]  # (1, T, C)
+    s, fixed = _output_tokens(decoder)
+    tokens = torch.cat([fixed, sparse[0].to(fixed.dtype)], dim=0)[None]  # (1, T, C)
     q, qpe = tokens, tokens
     keys, xk = st["x"], st["xk"]
     for i, layer in enumerate(tr.layers):
-        if layer.skip_first_layer_pe:
-            q = layer.self_attn(q=q, k=q, v=q)
-        else:
-            qq = q + qpe
-            q = q + layer.self_attn(q=qq, k=qq, v=q)
-        q = layer.norm1(q)
+        q = _self_attention(layer, q, qpe)
         first = i == 0
         a = _token_to_image(layer.cross_attn_token_to_image, (q + qpe)[0], xk, keys,
                             st["k0"] if first else None, st["v0"] if first else None)
@@ -92,6 +86,23 @@ def decode(decoder, st: dict[str, Any], sparse) -> tuple[torch.Tensor, torch.Ten
     n = decoder.num_mask_tokens
     hyper = torch.stack([mlp(q[s + 1 + j]) for j, mlp in enumerate(decoder.output_hypernetworks_mlps[:n])])
     return _upscale_masks(decoder, st, keys, hyper)[None], iou
+
+
+def _output_tokens(decoder):
+    """(index of the IoU token, the (T0, C) output tokens: SAM 2's object-score token, IoU, masks)."""
+    s = 1 if getattr(decoder, "pred_obj_scores", False) else 0
+    parts = ([decoder.obj_score_token.weight] if s else []) + [decoder.iou_token.weight, decoder.mask_tokens.weight]
+    return s, torch.cat(parts, dim=0)
+
+
+def _self_attention(layer, q, qpe):
+    """A two-way layer's token self-attention and its norm (the first layer skips the positional part)."""
+    if layer.skip_first_layer_pe:
+        q = layer.self_attn(q=q, k=q, v=q)
+    else:
+        qq = q + qpe
+        q = q + layer.self_attn(q=qq, k=qq, v=q)
+    return layer.norm1(q)
 
 
 def _heads(attn):
@@ -181,3 +192,99 @@ def _upscale_masks(decoder, st, keys, hyper):
     z = act2(z)
     m = (z @ hyper.t()).view(h, w, 2, 2, 2, 2, -1)
     return m.permute(6, 0, 2, 4, 1, 3, 5).reshape(-1, 4 * h, 4 * w)
+
+
+# ---------------------------------------------------------------- many prompts at once
+
+
+def decode_batch(decoder, st: dict[str, Any], sparse) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The transformer part of :func:`decode` for B prompt sets with the same token count
+    (``sparse``: (B, T, C), e.g. segment-everything's grid points), sharing one slice state.
+
+    Returns the IoU predictions (B, M) of every mask token, their hypernetwork outputs
+    (B, M, C') and the image-side keys (B, N, C); :func:`upscale_batch` turns the last two
+    into low-res logits, for the prompts the caller still wants. Until the first
+    image-to-token update the image side is the slice's (shared, never copied per prompt).
+    """
+    tr = decoder.transformer
+    s, fixed = _output_tokens(decoder)
+    tokens = torch.cat([fixed.expand(sparse.shape[0], -1, -1), sparse.to(fixed.dtype)], dim=1)  # (B, T, C)
+    q, qpe = tokens, tokens
+    keys, xk = st["x"], st["xk"]
+    for i, layer in enumerate(tr.layers):
+        q = _self_attention(layer, q, qpe)
+        pre = (st["k0"], st["v0"], st["q0"]) if i == 0 else (None, None, None)
+        q = layer.norm2(q + _tokens_attend_image(layer.cross_attn_token_to_image, q + qpe, xk, keys, *pre[:2]))
+        q = layer.norm3(q + layer.mlp(q))
+        keys = layer.norm4(_image_attends_tokens(layer.cross_attn_image_to_token, keys, xk, q + qpe, q, pre[2]))
+        xk = keys + st["pe"]
+    q = tr.norm_final_attn(q + _tokens_attend_image(tr.final_attn_token_to_image, q + qpe, xk, keys))
+    iou = decoder.iou_prediction_head(q[:, s])
+    n = decoder.num_mask_tokens
+    hyper = torch.stack([mlp(q[:, s + 1 + j]) for j, mlp in enumerate(decoder.output_hypernetworks_mlps[:n])], dim=1)
+    return iou, hyper, keys
+
+
+def upscale_batch(decoder, st: dict[str, Any], keys, hyper) -> torch.Tensor:
+    """Low-res logits (B, M', 4h, 4w) from :func:`decode_batch`'s ``keys`` (B, N, C) and
+    ``hyper`` (B, M', C') (any subset of the mask tokens)."""
+    h, w = st["hw"]
+    dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
+    (w1, b1), (w2, b2) = _upscale_weights(decoder)
+    c1, c2, b = dc1.out_channels, dc2.out_channels, keys.shape[0]
+    y = act1(F.layer_norm((keys @ w1 + st.get("s1b", b1)).view(b, -1, c1), (c1,), ln1.weight, ln1.bias, ln1.eps))
+    z = act2((y @ w2 + st.get("s0b", b2).view(-1, 4 * c2)).view(b, -1, c2))  # rows (y, x, i, j, k, l)
+    m = (z @ hyper.transpose(1, 2)).view(b, h, w, 2, 2, 2, 2, -1)
+    return m.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, -1, 4 * h, 4 * w)
+
+
+def _split_heads(t, heads: int, last: bool):
+    """(..., N, H*d) -> (..., H, d, N) (``last``) or (..., H, N, d)."""
+    t = t.unflatten(-1, (heads, -1))
+    return t.movedim(-3, -1) if last else t.movedim(-3, -2)
+
+
+def _tokens_attend_image(attn, q_in, k_in, v_in, k=None, v=None):
+    """Batched ``attn(q=q_in, k=k_in, v=v_in)``: (B, T, C) tokens on an image side of (N, C)
+    shared by the batch or (B, N, C); ``k``, ``v``: that side's projections, if known."""
+    H, d = _heads(attn)
+    b, t, _ = q_in.shape
+    q = F.linear(q_in, attn.q_proj.weight, attn.q_proj.bias).view(b, t, H, d).transpose(1, 2) / math.sqrt(d)
+    if k is None and H * t >= attn.internal_dim:
+        k = F.linear(k_in, attn.k_proj.weight, attn.k_proj.bias)
+        v = F.linear(v_in, attn.v_proj.weight, attn.v_proj.bias)
+    if k is not None:
+        p = torch.softmax(q @ _split_heads(k, H, last=True), dim=-1)  # (B, H, T, N)
+        out = p @ _split_heads(v, H, last=False)
+    else:  # folded into the token side, as in _token_to_image
+        c = k_in.shape[-1]
+        qw = (q @ attn.k_proj.weight.view(H, d, c)).reshape(b, H * t, c)
+        qb = (q * attn.k_proj.bias.view(H, 1, d)).sum(-1).reshape(b, H * t, 1)
+        p = torch.softmax((qb + qw @ k_in.transpose(-1, -2)).view(b, H, t, -1), dim=-1)
+        px = (p.reshape(b, H * t, -1) @ v_in).view(b, H, t, c)
+        out = px @ attn.v_proj.weight.view(H, d, c).transpose(1, 2) + attn.v_proj.bias.view(H, 1, d)
+    return F.linear(out.transpose(1, 2).reshape(b, t, H * d), attn.out_proj.weight, attn.out_proj.bias)
+
+
+def _image_attends_tokens(attn, residual, q_in, k_in, v_in, q=None):
+    """Batched ``residual + attn(q=q_in, k=k_in, v=v_in)``: an image side of (N, C) or
+    (B, N, C) attending to (B, T, C) tokens; ``q``: the shared side's query projection."""
+    H, d = _heads(attn)
+    b, t, c = k_in.shape
+    k = F.linear(k_in, attn.k_proj.weight, attn.k_proj.bias).view(b, t, H, d).transpose(1, 2) / math.sqrt(d)
+    v = F.linear(v_in, attn.v_proj.weight, attn.v_proj.bias).view(b, t, H, d).transpose(1, 2)
+    fold = H * t < attn.internal_dim
+    if q is None and not fold:
+        q = F.linear(q_in, attn.q_proj.weight, attn.q_proj.bias)
+    if q is not None:
+        scores = k @ _split_heads(q, H, last=True)  # (B, H, T, N)
+    else:
+        kw = (k @ attn.q_proj.weight.view(H, d, c)).reshape(b, H * t, c)
+        kb = (k * attn.q_proj.bias.view(H, 1, d)).sum(-1).reshape(b, H * t, 1)
+        scores = (kb + kw @ q_in.transpose(-1, -2)).view(b, H, t, -1)
+    p = torch.softmax(scores, dim=2)
+    if fold:  # out_proj folded into the values (see _image_to_token)
+        vo = v @ attn.out_proj.weight.view(c, H, d).permute(1, 2, 0) + attn.out_proj.bias / H
+        return residual + p.reshape(b, H * t, -1).transpose(1, 2) @ vo.reshape(b, H * t, c)
+    out = p.transpose(-1, -2) @ v  # (B, H, N, d)
+    return residual + F.linear(out.transpose(1, 2).flatten(2), attn.out_proj.weight, attn.out_proj.bias)

@@ -1,0 +1,104 @@
+"""GUI tests of the "Segment everything" panel, docked in the real widget: 3D on the sample stack lands
+as objects in the objects panel and the labels layer, and one Ctrl+Z removes them all; 2D the same on
+one slice; Cancel leaves nothing; a SAM 1 model asked for 3D says so."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+# random weights: thresholds loosened as in tests/test_automatic.py (same meaning, same reasons)
+LOOSE = {"points_per_side": 4, "stability_score_offset": 0.02, "mask_threshold": 0.12, "pred_iou_thresh": 0.0,
+         "stability_score_thresh": 0.0, "box_nms_thresh": 1.0, "min_visible_fraction": 0.2,
+         "min_mask_region_area": 10, "max_area_fraction": 1.0}
+
+
+@pytest.fixture
+def sample():
+    from napari_sam_stack._widget._sample import make_sample_nuclei_real
+
+    return make_sample_nuclei_real()[0][0]  # real nuclei, 31 x 61 x 57 uint16
+
+
+@pytest.fixture
+def make_widget(make_napari_viewer):
+    from napari_sam_stack._widget import SamStackWidget
+
+    def make(image, model):
+        viewer = make_napari_viewer()
+        layer = viewer.add_image(image)
+        widget = SamStackWidget(viewer)
+        viewer.window.add_dock_widget(widget, area="right")
+        widget.image_layer = layer
+        widget.set_model(model)
+        return viewer, widget
+
+    return make
+
+
+def _labels(widget):
+    return np.asarray(widget.target_layer.data)
+
+
+def test_3d_on_the_sample_stack_lands_as_objects_and_one_undo(make_widget, sam2_model, sample):
+    viewer, widget = make_widget(sample, sam2_model)
+    panel = widget.panels["automatic"]
+    assert panel.mode_combo.count() == 2 and panel.points_spin.value() == 32  # microscopy defaults shown
+    panel.mode_combo.setCurrentIndex(1)
+    panel.keys_edit.setText("12, 20")
+    panel.run(**LOOSE)
+    widget.wait(600000)
+    ids = panel.result
+    assert ids and ids == list(range(1, len(ids) + 1))
+    assert set(ids) <= set(widget.objects_panel.ids())  # they appear in the objects panel
+    a = widget.annotation
+    assert all(a.objects[o].status == "committed" for o in ids)
+    assert any(len(a.objects[o].slices()) > 2 for o in ids)  # propagated through the stack
+    labels = _labels(widget)
+    assert set(np.unique(labels)) - {0} <= set(ids) and labels.any()
+    assert len({z for z in range(labels.shape[0]) if labels[z].any()}) > 2
+    widget.undo_labels()  # Ctrl+Z
+    assert not _labels(widget).any()  # one undo step removes every new object's pixels
+    assert all(a.objects[o].status != "committed" for o in ids)
+
+
+def test_2d_current_slice(make_widget, sam2_model, sample):
+    viewer, widget = make_widget(sample, sam2_model)
+    viewer.dims.set_current_step(0, 15)
+    panel = widget.panels["automatic"]
+    panel.run(mode=0, **LOOSE)
+    widget.wait(300000)
+    ids = panel.result
+    a = widget.annotation
+    assert ids and all(a.objects[o].prompts.keys() == {15} for o in ids)
+    labels = _labels(widget)
+    assert labels[15].any() and not np.delete(labels, 15, axis=0).any()
+    assert set(ids) <= set(widget.objects_panel.ids())
+    widget.undo_labels()
+    assert not _labels(widget).any()
+
+
+def test_cancel_adds_nothing(make_widget, sam2_model, sample):
+    viewer, widget = make_widget(sample, sam2_model)
+    panel = widget.panels["automatic"]
+    panel.keys_edit.setText("12")
+    panel.run(mode=1, **LOOSE)
+    widget.cancel()
+    widget.wait(300000)
+    assert panel.new_ids == [] and not widget.annotation.objects
+    assert widget.target_layer is None or not _labels(widget).any()
+    assert "cancelled" in panel.info_label.text()
+    assert panel.run_button.isEnabled()
+
+
+def test_sam1_asked_for_3d_says_so(make_widget, sam1_model, monkeypatch):
+    viewer, widget = make_widget(np.random.default_rng(0).integers(0, 255, (4, 40, 50), np.uint8), sam1_model)
+    errors = []
+    monkeypatch.setattr(widget, "report", errors.append)
+    panel = widget.panels["automatic"]
+    panel.run(mode=1)
+    widget.wait()
+    assert len(errors) == 1 and "SAM 2" in str(errors[0])
+    assert not widget.annotation.objects and panel.run_button.isEnabled()
