@@ -75,6 +75,20 @@ def test_five_objects_refine_one_recommit_delete(stack, sam2_model):
     undo = a.labels.copy()
     undo[edit.indices] = edit.old
     assert np.array_equal(undo, before)
+    # undoing the re-commit in napari: object 2's pixels are its old version again -> edited
+    a.labels_writer(edit.inverse())
+    a.sync_labels()
+    assert a.objects[2].status == Status.EDITED and np.array_equal(a.labels, before)
+    assert [a.objects[i].status for i in (1, 3, 4, 5)] == [Status.COMMITTED] * 4
+    a.labels_writer(edit)  # redo
+    a.sync_labels()
+    assert a.objects[2].status == Status.COMMITTED
+    z, r, c = map(int, np.argwhere(a.labels == 1)[0])
+    a.labels[z, r, c] = 0  # erasing a pixel by hand
+    a.sync_labels()
+    assert a.objects[1].status == Status.EDITED
+    a.commit([1])
+    assert a.labels[z, r, c] == 1 and a.objects[1].status == Status.COMMITTED
 
     d = a.delete(2)
     assert not (a.labels == 2).any() and 2 not in a.objects
@@ -99,16 +113,20 @@ def test_statuses_and_undo_sync(stack, sam2_model):
     assert a.objects[i].status == Status.EDITED
     a.remove_prompt(i, 4)
     assert a.objects[i].status == Status.EDITED
-    a.commit()
+    edit2 = a.commit()
     assert a.objects[i].status == Status.COMMITTED
     # undo both commits in "napari", then sync
     a.labels[...] = 0
     a.sync_labels()
     assert a.objects[i].status == Status.DRAFT  # masks came from a 2D prompt change after the propagation
-    a.labels[edit.indices] = edit.values  # redo
+    a.labels[edit.indices] = edit.values  # redo the first commit: pixels of an older version of the masks
+    a.sync_labels()
+    assert a.objects[i].status == Status.EDITED
+    a.labels[edit2.indices] = edit2.values  # redo the second
     a.sync_labels()
     assert a.objects[i].status == Status.COMMITTED
     assert seen[:3] == [(i, Status.PROPAGATED), (i, Status.COMMITTED), (i, Status.EDITED)]
+    assert seen[-2:] == [(i, Status.EDITED), (i, Status.COMMITTED)]
 
 
 def test_delete_then_undo_brings_the_object_back(stack, sam2_model):

@@ -176,20 +176,36 @@ def slices_with(labels: np.ndarray, ids, block: int = 32) -> set[int]:
     return out
 
 
-def present_ids(labels: np.ndarray) -> set[int]:
-    """Non-zero values in ``labels``, read one slice at a time."""
-    found: set[int] = set()
+def labels_state(labels: np.ndarray, stacks: dict[int, MaskStack]) -> tuple[set[int], set[int]]:
+    """``(present, differ)``: the non-zero ids in ``labels``, and those of ``stacks`` (obj id ->
+    masks) whose pixels are not what committing their masks leaves: a pixel of the object outside
+    its mask, or a pixel of its mask left at 0. Reads one slice at a time."""
+    present: set[int] = set()
+    differ: set[int] = set()
     for z in range(labels.shape[0]):
-        s = labels[z]
-        top = int(s.max()) if s.size else 0
-        if top == 0:
-            continue
+        lab = labels[z]
+        top = int(lab.max()) if lab.size else 0
         if top < (1 << 22):
-            found.update(np.flatnonzero(np.bincount(s.ravel(), minlength=top + 1)).tolist())
+            counts = np.bincount(lab.ravel(), minlength=top + 1)
+            here = set(np.flatnonzero(counts).tolist())
         else:
-            found.update(np.unique(s).tolist())
-    found.discard(0)
-    return found
+            values, n = np.unique(lab, return_counts=True)
+            here, counts = set(values.tolist()), dict(zip(values.tolist(), n.tolist()))
+        present |= here
+        for o, stack in stacks.items():
+            n_o = int(counts[o]) if o in here else 0
+            c = stack.crop(z)
+            if c is None:
+                if n_o:
+                    differ.add(o)
+                continue
+            r0, c0, crop = c
+            win = lab[r0:r0 + crop.shape[0], c0:c0 + crop.shape[1]]
+            mine, m = win == o, crop > 0
+            if int(mine.sum()) != n_o or (mine & ~m).any() or (m & (win == 0)).any():
+                differ.add(o)
+    present.discard(0)
+    return present, differ
 
 
 def winners(shape, index: int, stacks: dict[int, MaskStack], dtype=np.uint32):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._masks import LabelsEdit, MaskStack, apply_edit, commit_edit, confidence, delete_edit, mask_confidence
-from ._masks import present_ids, winners
+from ._masks import labels_state, winners
 from ._objects import AnnotatedObject, AnnotationEvents, PropagationRun, Status, check_ids, conditioning_for
 from ._objects import mask_only, predict_with_logits
 from ._persist import Persistence
@@ -321,14 +321,17 @@ class Annotation(Persistence):
         return edit
 
     def sync_labels(self) -> None:
-        """Re-derive statuses from ``a.labels`` after an undo/redo or painting in napari."""
-        present = present_ids(self.labels)
+        """Re-derive statuses from ``a.labels`` after an undo/redo or painting in napari: an object
+        whose pixels are gone is no longer committed; one whose pixels came back is committed again,
+        ``edited`` when they are not what its masks commit (e.g. an undone re-commit)."""
+        stacks = {o: obj.masks for o, obj in {**self._deleted, **self.objects}.items()}
+        present, differ = labels_state(self.labels, stacks)
         self._top_id = max([self._top_id, *present])
         for o, obj in list(self._deleted.items()):
             if o in present:  # an undone delete
                 del self._deleted[o]
                 obj.committed = True
-                obj.status = Status.COMMITTED
+                obj.status = Status.EDITED if o in differ else Status.COMMITTED
                 self.objects[o] = obj
                 self._attach(obj)
                 self.events.object_added.emit(o)
@@ -336,9 +339,9 @@ class Annotation(Persistence):
             if obj.committed and obj.id not in present:
                 obj.committed = False
                 self._set_status(obj, Status.PROPAGATED if obj.propagated else Status.DRAFT)
-            elif not obj.committed and obj.id in present:
+            elif obj.id in present:
                 obj.committed = True
-                self._set_status(obj, Status.COMMITTED)
+                self._set_status(obj, Status.EDITED if obj.id in differ else Status.COMMITTED)
         self._dirty_slices = None  # unknown: the next autosave writes every slice
         self._changed = True
 
