@@ -370,6 +370,11 @@ MODELS = {
     "nothing": (lambda e: nss.load_model(), CheckpointError, "needs a model name"),
     "an object": (lambda e: nss.load_model(object()), CheckpointError, "needs a registry name"),
     "unknown name": (lambda e: nss.load_model("sam3_giant"), KeyError, "Unknown model"),
+    "register twice": (lambda e: nss.register_model(nss.models.model_spec("sam_vit_b")), CheckpointError,
+                       "already registered"),
+    "register a dict": (lambda e: nss.register_model({"name": "x"}), CheckpointError, "needs a ModelSpec"),
+    "register a family": (lambda e: nss.register_model(nss.ModelSpec("x", "sam3", "https://x/x.pt", None)),
+                          CheckpointError, "family"),
     "bad device": (lambda e: nss.load_model(checkpoint=e["ckpt"], config=e["config"], device="tpu"), ValueError,
                    "not supported|not a torch device"),
 }

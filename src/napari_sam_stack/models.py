@@ -46,10 +46,12 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 def register_model(spec: ModelSpec, *, replace: bool = False) -> None:
     """Add a checkpoint (e.g. a lab's fine-tuned model on an internal server) to the registry."""
+    if not isinstance(spec, ModelSpec):
+        raise CheckpointError(f"register_model needs a ModelSpec, not {type(spec).__name__}")
     if spec.family not in ("sam", "sam2"):
-        raise ValueError(f"family must be 'sam' or 'sam2', not {spec.family!r}")
+        raise CheckpointError(f"family must be 'sam' or 'sam2', not {spec.family!r}")
     if spec.name in _REGISTRY and not replace:
-        raise ValueError(f"model {spec.name!r} is already registered (pass replace=True)")
+        raise CheckpointError(f"model {spec.name!r} is already registered (pass replace=True)")
     _REGISTRY[spec.name] = spec
 
 
