@@ -3,8 +3,11 @@
 The reference is the same loaded module used as ``SAM2VideoPredictor``: ``init_state`` is
 fed the same uint8 frames in memory (``load_video_frames`` replaced inside these tests
 only), prompts go in as official users give them, then ``propagate_in_video`` forward
-from the first prompted slice and in reverse from it. Slices are non-square and stacks
-longer than num_maskmem + max_obj_ptrs_in_encoder, so the bounded memory is exercised.
+from the first prompted slice and in reverse from it. With several objects, each object is
+compared with the official run of that object ALONE (our objects never influence each
+other; the official multi-object run starts every object at the earliest prompt of any).
+Slices are non-square and stacks longer than num_maskmem + max_obj_ptrs_in_encoder, so the
+bounded memory is exercised. Batching itself: tests/test_propagate_batch.py.
 """
 
 from __future__ import annotations
@@ -48,16 +51,33 @@ def fresh(session):
 
 
 def _ours(session, **kw) -> dict[int, dict[int, np.ndarray]]:
+    """{slice: {obj: logits}} from iter_propagate; every (slice, object) pair must come exactly once."""
     out = {}
     for index, logits in session.iter_propagate(**kw):
-        assert index not in out, f"slice {index} yielded twice"
-        assert all(v.dtype == np.float32 and v.shape == session.frames.frame_shape for v in logits.values())
-        out[index] = logits
+        assert logits, f"slice {index} yielded without objects"
+        for o, v in logits.items():
+            assert o not in out.get(index, {}), f"slice {index}, object {o} yielded twice"
+            assert v.dtype == np.float32 and v.shape == session.frames.frame_shape
+        out.setdefault(index, {}).update(logits)
     return out
 
 
-def _official(module, session, monkeypatch, start=None, stop=None, max_forward=None, max_reverse=None):
-    """The official predictor on the same in-memory frames, forward then reverse."""
+def _official(module, session, monkeypatch, start=None, stop=None, max_forward=None, max_reverse=None, obj_ids=None):
+    """The official predictor on the same in-memory frames, each object ALONE, forward then reverse.
+
+    Per object: a fresh ``init_state`` holding only that object's prompts, ``propagate_in_video``
+    from its first prompted slice (clipped into the range) forward, then in reverse from it.
+    Returns {slice: {obj: logits}} merged over the objects.
+    """
+    result = {}
+    for obj in session.prompts if obj_ids is None else obj_ids:
+        for f, logits in _official_alone(module, session, monkeypatch, obj, start, stop, max_forward,
+                                         max_reverse).items():
+            result.setdefault(f, {}).update(logits)
+    return result
+
+
+def _official_alone(module, session, monkeypatch, obj, start, stop, max_forward, max_reverse):
     import sam2.sam2_video_predictor as svp
 
     frames = [session.frames[i] for i in range(len(session))]
@@ -78,22 +98,22 @@ def _official(module, session, monkeypatch, start=None, stop=None, max_forward=N
         ma.forward = float32_memory
         try:
             state = module.init_state("in-memory frames")
-            for obj, by_slice in session.prompts.items():
-                for i, p in sorted(by_slice.items()):
-                    if p.mask is not None:
-                        module.add_new_mask(state, i, obj, p.mask)
-                    else:
-                        module.add_new_points_or_box(state, i, obj, points=p.points, labels=p.labels, box=p.box)
-            first = min(i for by_slice in session.prompts.values() for i in by_slice)
+            by_slice = session.prompts[obj]
+            for i, p in sorted(by_slice.items()):
+                if p.mask is not None:
+                    module.add_new_mask(state, i, obj, p.mask)
+                else:
+                    module.add_new_points_or_box(state, i, obj, points=p.points, labels=p.labels, box=p.box)
             lo = 0 if start is None else start
             hi = len(session) - 1 if stop is None else stop
-            anchor = min(max(first, lo), hi)
+            anchor = min(max(min(by_slice), lo), hi)
             runs = [(False, hi - anchor if max_forward is None else max_forward)]
             if anchor > lo:
                 runs.append((True, anchor - lo if max_reverse is None else max_reverse))
             for reverse, count in runs:
                 for f, ids, masks in module.propagate_in_video(state, anchor, count, reverse=reverse):
-                    result[f] = {o: masks[k, 0].float().numpy() for k, o in enumerate(ids)}
+                    assert list(ids) == [obj]
+                    result[f] = {obj: masks[0, 0].float().numpy()}
         finally:
             del ma.forward
     return result
@@ -296,13 +316,18 @@ def test_progress_and_cancel(fresh):
     _ours(fresh, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(i, N) for i in range(1, N + 1)]
 
+    assert_cancels(fresh, after=3)
+
+
+def assert_cancels(session, after: int) -> None:
+    """cancel() turning True after ``after`` yields raises Cancelled there; propagate() too."""
     seen = []
     with pytest.raises(Cancelled):
-        for index, _ in fresh.iter_propagate(cancel=lambda: len(seen) >= 3):
+        for index, _ in session.iter_propagate(cancel=lambda: len(seen) >= after):
             seen.append(index)
-    assert len(seen) == 3
+    assert len(seen) == after
     with pytest.raises(Cancelled):
-        fresh.propagate(cancel=lambda: True)
+        session.propagate(cancel=lambda: True)
 
 
 def test_bad_input(fresh, sam1_model, stack):

@@ -50,11 +50,10 @@ def test_real_stack_two_nuclei_propagate(nuclei3d, sam2_model):
     s.add_prompt(2, z2, points=pts, point_labels=[1])
     seen = []
     for index, logits in s.iter_propagate():
-        seen.append(index)
-        assert set(logits) == {1, 2}
+        seen += [(index, o) for o in logits]
         for v in logits.values():
             assert v.shape == image.shape[1:] and v.dtype == np.float32 and np.isfinite(v).all()
-    assert sorted(seen) == list(range(len(image)))  # every slice, each once
+    assert sorted(seen) == [(i, o) for i in range(len(image)) for o in (1, 2)]  # every slice and object, once
     labels = s.propagate()
     assert labels.shape == image.shape and set(np.unique(labels)) <= {0, 1, 2}
     # on its prompted slice a mask prompt is SAM 2's output (resampled through the model's grid)

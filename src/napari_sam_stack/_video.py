@@ -24,18 +24,31 @@ class _MemoryInCurrentDtype(nn.Module):
     with float32 object pointers torch promotes them to float32; where no pointer is
     available (an object prompted only on later slices) they would reach float32 weights
     as bfloat16 and fail on CPU. Casting here gives the promoted values in every case.
+
+    While :attr:`record` is a list, calls are recorded there (their inputs, cast) instead
+    of computed, and a placeholder of the output's shape is returned: the batched tracker
+    (:mod:`._batch`) gathers each object's memory with the official code this way, then
+    runs the attention once for every group of calls whose memory layout matches.
     """
 
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
+        self.record: list | None = None
 
     def forward(self, curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens: int = 0):
-        dtype = (curr[0] if isinstance(curr, list) else curr).dtype
+        if isinstance(curr, list):
+            (curr,), (curr_pos,) = curr, curr_pos
+        dtype = curr.dtype
         if memory_pos is not None:
             memory_pos = memory_pos.to(dtype)
+        memory = memory.to(dtype)
+        if self.record is not None:
+            self.record.append({"curr": curr, "curr_pos": curr_pos, "memory": memory, "memory_pos": memory_pos,
+                                "num_obj_ptr_tokens": int(num_obj_ptr_tokens)})
+            return torch.zeros_like(curr)  # (HW, B, C), as the real output
         return self.inner(
-            curr=curr, memory=memory.to(dtype), curr_pos=curr_pos, memory_pos=memory_pos,
+            curr=curr, memory=memory, curr_pos=curr_pos, memory_pos=memory_pos,
             num_obj_ptr_tokens=num_obj_ptr_tokens,
         )
 
@@ -93,18 +106,34 @@ class StackVideoPredictor(SAM2VideoPredictor):
             "frames_tracked_per_obj": {},
         }
 
+    def slice_features(self, inference_state, frame_idx):
+        """``_prepare_backbone_features`` of one slice (batch 1), read once from the store.
+
+        Kept in ``inference_state["cached_features"]`` until :meth:`keep_features` drops it.
+        """
+        cached = inference_state["cached_features"]
+        feats = cached.get(frame_idx)
+        if feats is None:
+            backbone_out = inference_state["store"].get(frame_idx).backbone_out()
+            feats = cached[frame_idx] = self._prepare_backbone_features(backbone_out)
+        return feats
+
+    @staticmethod
+    def keep_features(inference_state, frames) -> None:
+        """Forget the cached features of every slice not in ``frames``."""
+        cached = inference_state["cached_features"]
+        for f in [f for f in cached if f not in frames]:
+            del cached[f]
+
     def _get_image_feature(self, inference_state, frame_idx, batch_size):
         """Features of one slice from the store, expanded to ``batch_size`` objects.
 
         Same return value as the official method, except the (unused) input image,
         which is None: slices are never re-encoded here.
         """
-        cached = inference_state["cached_features"]
-        backbone_out = cached.get(frame_idx)
-        if backbone_out is None:
-            backbone_out = inference_state["store"].get(frame_idx).backbone_out()
-            cached.clear()  # one slice, like the official cache
-            cached[frame_idx] = backbone_out
+        backbone_out, feats, pos, sizes = self.slice_features(inference_state, frame_idx)
+        if batch_size == 1:
+            return None, backbone_out, list(feats), list(pos), sizes
         expanded = {
             "backbone_fpn": [f.expand(batch_size, -1, -1, -1) for f in backbone_out["backbone_fpn"]],
             "vision_pos_enc": [p.expand(batch_size, -1, -1, -1) for p in backbone_out["vision_pos_enc"]],
@@ -136,29 +165,3 @@ class StackVideoPredictor(SAM2VideoPredictor):
             points=prompt.points, labels=prompt.labels, box=prompt.box,
             clear_old_points=True, normalize_coords=True,
         )
-
-    def track_frame(self, state, frame_idx: int, reverse: bool):
-        """One step of ``propagate_in_video``: every object on one slice.
-
-        Returns the full-resolution logits (objects, 1, H, W) and each object's
-        object-score logit. Prompted slices reuse their stored output, as officially.
-        Stored non-conditioning outputs keep no mask (nothing reads it during tracking).
-        """
-        masks, scores = [], []
-        for obj_idx, out_dict in state["output_dict_per_obj"].items():
-            out = out_dict["cond_frame_outputs"].get(frame_idx)
-            if out is not None:
-                pred = out["pred_masks"].to(state["device"], non_blocking=True)
-                if self.clear_non_cond_mem_around_input:
-                    self._clear_obj_non_cond_mem_around_input(state, frame_idx, obj_idx)
-            else:
-                out, pred = self._run_single_frame_inference(
-                    inference_state=state, output_dict=out_dict, frame_idx=frame_idx, batch_size=1,
-                    is_init_cond_frame=False, point_inputs=None, mask_inputs=None,
-                    reverse=reverse, run_mem_encoder=True,
-                )
-                out_dict["non_cond_frame_outputs"][frame_idx] = {**out, "pred_masks": None}
-            masks.append(pred)
-            scores.append(float(out["object_score_logits"].max()))
-        _, video_res = self._get_orig_video_res_output(state, torch.cat(masks, dim=0))
-        return video_res, scores

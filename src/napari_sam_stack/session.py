@@ -144,18 +144,30 @@ class Session:
         stop: int | None = None,
         max_absent: int | None = None,
         obj_ids=None,
+        max_batch: int = 16,
     ) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
-        """Propagate every object's prompts through the slices with SAM 2 memory attention.
+        """Propagate the objects' prompts through the slices with SAM 2 memory attention.
 
-        Yields ``(index, {obj_id: (Y, X) float32 logits})`` as slices finish, within
-        ``start..stop`` (inclusive): forward from the first prompted slice, then in
-        reverse from it, every prompt of every object used as a conditioning slice.
-        ``max_absent``: stop a direction after that many consecutive slices where every
-        object is absent (SAM 2's object score).
+        Every object (all, or those in ``obj_ids``) is tracked on its own, as SAM 2 tracks
+        it alone: forward from its own first prompted slice (clipped into
+        ``start..stop``), then in reverse from it, all of its prompts conditioning. The
+        objects run in one batched pass (``max_batch`` (slice, object) pairs per SAM 2
+        call); an object's logits equal a run of that object alone (``obj_ids=[o]``).
+
+        Yields ``(index, {obj_id: (Y, X) float32 logits})``: every (slice, object) pair
+        in the range is yielded once, with its final value; a slice may come several
+        times, each time with other objects (with one object, each slice once).
+        ``progress(done, total)`` counts pairs. ``max_absent``: an object stops in a
+        direction after that many consecutive slices where SAM 2 says it is absent, once
+        no prompt of its own lies ahead. ``cancel()`` returning True raises
+        :class:`~napari_sam_stack.errors.Cancelled`. See docs/propagation.md.
 
         Checks happen here, at the call; the prompts are copied, so editing them while the
         iterator runs (another thread, the widget) does not change this run.
         """
+        return self._propagation(start, stop, max_absent, obj_ids, max_batch).run(progress=progress, cancel=cancel)
+
+    def _propagation(self, start, stop, max_absent, obj_ids, max_batch):
         from .propagate import Propagation
 
         if self.model.family != "sam2":
@@ -170,32 +182,51 @@ class Session:
         hi = len(self) - 1 if stop is None else self._index(stop)
         if hi < lo:
             raise PromptError(f"empty range: start={lo} > stop={hi}")
-        run = Propagation(self.model, self.embeddings, prompts, start=lo, stop=hi, max_absent=max_absent)
-        return run.run(progress=progress, cancel=cancel)
+        return Propagation(self.model, self.embeddings, prompts, start=lo, stop=hi, max_absent=max_absent,
+                           max_batch=max_batch)
 
-    def propagate(self, progress=None, cancel=None, **kw) -> np.ndarray:
-        """Propagate and return (N, Y, X) labels (0 = background; overlaps go to the highest logit).
+    def propagate(self, progress=None, cancel=None, *, start: int | None = None, stop: int | None = None,
+                  max_absent: int | None = None, obj_ids=None, max_batch: int = 16) -> np.ndarray:
+        """Propagate and return (N, Y, X) uint32 labels (0 = background).
 
-        Slices outside the range or never reached stay 0. A cancelled run raises
+        Each pixel goes to the object with the highest positive logit there
+        (:func:`labels_from_logits`, over every object that reached the slice). Slices
+        outside the range or never reached stay 0. A cancelled run raises
         :class:`~napari_sam_stack.errors.Cancelled` and returns nothing partial.
+        Besides the labels, the winning logit is kept for slices that objects still have
+        ahead of them (at most one float32 array of the labels' size).
         """
-        labels = np.zeros(self.shape, dtype=np.min_scalar_type(max(self.prompts, default=1)))
-        for index, logits in self.iter_propagate(progress, cancel, **kw):
-            labels[index] = labels_from_logits(logits, self.frames.frame_shape, labels.dtype)
+        run = self._propagation(start, stop, max_absent, obj_ids, max_batch)
+        labels = np.zeros(self.shape, dtype=np.uint32)
+        best: dict[int, np.ndarray] = {}  # slice -> winning logit so far, while objects may still come
+        for index, logits in run.run(progress=progress, cancel=cancel):
+            win = best.pop(index, None)
+            if win is None:
+                win = np.zeros(self.frames.frame_shape, np.float32)
+            _merge_logits(labels[index], win, logits)
+            if run.will_yield(index):
+                best[index] = win
         return labels
 
 
 def labels_from_logits(logits_by_obj: dict[int, np.ndarray], shape, dtype=np.uint32) -> np.ndarray:
     """One slice of labels: each pixel gets the object with the highest positive logit."""
     out = np.zeros(shape, dtype)
-    if not logits_by_obj:
-        return out
-    ids = np.array(list(logits_by_obj), dtype=dtype)
-    stack = np.stack([np.asarray(v, np.float32) for v in logits_by_obj.values()])
-    best = stack.argmax(0)
-    fg = np.take_along_axis(stack, best[None], 0)[0] > 0
-    out[fg] = ids[best[fg]]
+    if logits_by_obj:
+        _merge_logits(out, np.zeros(shape, np.float32), logits_by_obj)
     return out
+
+
+def _merge_logits(labels: np.ndarray, win: np.ndarray, logits_by_obj: dict[int, np.ndarray]) -> None:
+    """Give each pixel of ``labels`` (in place) to the object whose logit beats ``win`` there: the
+    highest positive logit so far (updated in place; zeros for a fresh slice). Ties: the earlier object."""
+    ids = np.array(list(logits_by_obj), dtype=labels.dtype)
+    stack = np.stack([np.asarray(v, np.float32) for v in logits_by_obj.values()])
+    top = stack.argmax(0)
+    value = np.take_along_axis(stack, top[None], 0)[0]
+    won = value > win
+    labels[won] = ids[top[won]]
+    win[won] = value[won]
 
 
 def _in_slice(points, index: int):
