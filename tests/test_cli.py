@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 import napari_sam_stack
-from napari_sam_stack import Session, cli, io, load_model
+from napari_sam_stack import Session, cli, io
 from napari_sam_stack.testing import synthetic_nuclei
 
 DATA = Path(napari_sam_stack.__file__).parent / "data"  # real stardist nuclei, shipped with the package

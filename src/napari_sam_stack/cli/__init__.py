@@ -32,7 +32,8 @@ def read_image(path):
     return _read(path).data
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv=()) -> argparse.ArgumentParser:
+    """The parser; ``train``'s own options are built only when ``argv`` asks for it (finetuning imports torch)."""
     from . import _auto, _cache, _embed, _models, _segment
 
     parser = Parser(prog="napari-sam-stack", description="Segment Anything (SAM, SAM 2) on microscopy stacks, headless.",
@@ -44,12 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     _segment.add(sub)
     _auto.add(sub)
     _cache.add(sub)
-    try:
+    if "train" in argv:
         from ..finetune.cli import add_cli
-    except ImportError:  # finetuning not installed
-        add_cli = None
-    if add_cli is not None:
+
         add_cli(sub)
+    else:
+        sub.add_parser("train", help="finetune a SAM / SAM 2 model on images and instance labels", add_help=False)
     return parser
 
 
@@ -67,7 +68,7 @@ def _quiet_warnings() -> None:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(join_negative_values(argv))
     except SystemExit as e:  # --help (0) or a bad argument (2, its one line already printed)

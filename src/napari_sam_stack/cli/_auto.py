@@ -29,10 +29,9 @@ PARAMS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_n
 def add(sub) -> None:
     from ..automatic import MICROSCOPY
 
-    p = sub.add_parser("auto", help="segment everything: every instance, in 2D or through a stack",
-                       description="Find every instance without prompts (SAM's automatic mask generator on cached "
-                                   "embeddings; 3D instances by SAM 2 propagation from key slices).",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = c.subcommand(sub, "auto", "segment everything: every instance, in 2D or through a stack",
+                     "Find every instance without prompts (SAM's automatic mask generator on cached "
+                     "embeddings; 3D instances by SAM 2 propagation from key slices).", EXAMPLES)
     p.add_argument("images", nargs="+", help="TIFF / OME-TIFF files, (OME-)zarr folders, folders of them, or globs")
     p.add_argument("--out", required=True, help="labels file (.tif/.zarr) for one image; an existing folder for several")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -19,10 +18,9 @@ EXAMPLES = """examples:
 
 
 def add(sub) -> None:
-    p = sub.add_parser("cache", help="show or clear the embeddings cache",
-                       description="List the cached stacks (source file, shape, model, size) or delete them. "
-                                   "Only folders made by napari-sam-stack are listed or deleted.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = c.subcommand(sub, "cache", "show or clear the embeddings cache",
+                     "List the cached stacks (source file, shape, model, size) or delete them. "
+                     "Only folders made by napari-sam-stack are listed or deleted.", EXAMPLES)
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument("entry", nargs="?", help="clear: only this entry (key or its first characters, or the source file name)")
     p.add_argument("--cache-dir", type=c.cache_dir, default=None, help="cache folder (default: the user cache)")

@@ -160,6 +160,12 @@ def join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def subcommand(sub, name: str, help: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """A subparser whose --help ends with ``examples`` as written."""
+    return sub.add_parser(name, help=help, description=description, epilog=examples,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 # ---------------------------------------------------------------------- model
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -21,9 +20,8 @@ folder): the embeddings are read from the cache, no slice is encoded again."""
 
 
 def add(sub) -> None:
-    p = sub.add_parser("embed", help="precompute embeddings into the cache (here or on a Dask cluster)",
-                       description="Encode every slice of one or more stacks once, into the on-disk embeddings cache.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = c.subcommand(sub, "embed", "precompute embeddings into the cache (here or on a Dask cluster)",
+                     "Encode every slice of one or more stacks once, into the on-disk embeddings cache.", EXAMPLES)
     p.add_argument("images", nargs="+", help="TIFF / OME-TIFF files, (OME-)zarr folders, folders of them, or glob patterns")
     p.add_argument("--cache-dir", type=c.cache_dir, default=None, help="embeddings cache folder (default: the user cache)")
     p.add_argument("--batch-size", type=c.positive, default=1, help="slices per encoder call (default 1)")

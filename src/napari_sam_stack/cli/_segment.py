@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,9 @@ maximum exclusive: [0, 0, rows, cols] is the whole slice. See docs/cli.md."""
 
 
 def add(sub) -> None:
-    p = sub.add_parser("segment", help="prompt and propagate headless, write labels (and/or a project)",
-                       description="Segment objects from prompts on a few slices, propagated through the stack "
-                                   "with SAM 2; writes uint32 labels (0 = background).",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = c.subcommand(sub, "segment", "prompt and propagate headless, write labels (and/or a project)",
+                     "Segment objects from prompts on a few slices, propagated through the stack "
+                     "with SAM 2; writes uint32 labels (0 = background).", EXAMPLES)
     p.add_argument("image", nargs="?", help="TIFF / OME-TIFF file or (OME-)zarr folder (optional with --project)")
     g = p.add_argument_group("prompts")
     g.add_argument("--point", action="append", type=c.point, metavar="SLICE,ROW,COL",
