@@ -112,7 +112,8 @@ def test_statuses_and_undo_sync(stack, sam2_model):
     a.add_prompt(i, 4, points=[[20, 20]])
     assert a.objects[i].status == Status.EDITED
     a.remove_prompt(i, 4)
-    assert a.objects[i].status == Status.EDITED
+    assert a.objects[i].status == Status.EDITED and 4 in a.objects[i].slices()  # its mask stays
+    a.remove_prompt(i, 1)  # no prompt there: nothing happens
     edit2 = a.commit()
     assert a.objects[i].status == Status.COMMITTED
     # undo both commits in "napari", then sync
@@ -334,6 +335,10 @@ def test_candidates_preview_and_writer(stack, sam2_model):
     assert not a.preview_labels(4).any()
     a.commit()
     assert len(edits) == 1 and not a.preview_labels(3).any()
+    j = a.new_object()
+    a.add_prompt(j, 4, box=[5, 5, 40, 60])
+    a.remove_prompt(j, 4, clear_mask=True)
+    assert a.objects[j].slices() == [] and j not in a.session.prompts
     assert np.array_equal(a.preview_labels(3, obj_ids=[i]) == i, pred.masks[2])
 
 

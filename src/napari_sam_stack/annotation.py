@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._masks import LabelsEdit, MaskStack, apply_edit, commit_edit, confidence, delete_edit, mask_confidence
-from ._masks import labels_state, winners
+from ._masks import labels_state, slices_with, winners
 from ._objects import AnnotatedObject, AnnotationEvents, PropagationRun, Status, check_ids, conditioning_for
 from ._objects import mask_only, predict_with_logits
 from ._persist import Persistence
@@ -114,10 +114,8 @@ class Annotation(Persistence):
         obj = AnnotatedObject(o, MaskStack(self.session.frames.frame_shape))
         self._deleted.pop(o, None)
         if obj_id is not None:
-            for z in range(self.labels.shape[0]):
-                hit = self.labels[z] == o
-                if hit.any():
-                    obj.masks.set(z, mask_confidence(hit))
+            for z in slices_with(self.labels, [o]):
+                obj.masks.set(z, mask_confidence(self.labels[z] == o))
             if len(obj.masks):
                 obj.committed, obj.status = True, Status.COMMITTED
         self._top_id = max(self._top_id, o)
@@ -164,15 +162,21 @@ class Annotation(Persistence):
         self._touched(obj)
         return pred
 
-    def remove_prompt(self, obj_id, index=None) -> None:
-        """Forget the object's prompt on slice ``index`` (every slice when None); its masks stay."""
+    def remove_prompt(self, obj_id, index=None, clear_mask: bool = False) -> None:
+        """Forget the object's prompt on slice ``index`` (every prompted slice when None). Its
+        masks stay, unless ``clear_mask``: then the mask of that slice (the prompt's 2D result)
+        goes too. Nothing changes (no event) when there was no prompt there."""
         obj = self._object(obj_id)
-        gone = list(obj.prompts) if index is None else [self.session._index(index)]
+        clear_mask = flag(clear_mask, "clear_mask", error=AnnotationError)
+        gone = [i for i in (list(obj.prompts) if index is None else [self.session._index(index)]) if i in obj.prompts]
         for i in gone:
-            obj.prompts.pop(i, None)
+            del obj.prompts[i]
             obj.candidate.pop(i, None)
+            if clear_mask:
+                obj.masks.clear(i, i)
             self._sync_session(obj, i)
-        self._touched(obj)
+        if gone:
+            self._touched(obj)
 
     def predict(self, obj_id, index):
         """The :class:`~napari_sam_stack.Prediction` for the object's prompt on slice ``index`` (nothing stored)."""
