@@ -94,6 +94,36 @@ def main() -> int:
     viewer.layers.selection.active = widget.points_layer
     shot("04_edit_existing_label.png")
 
+    # many objects: nuclei clicked on their own slices, propagated together, committed; one edited again
+    truth.visible = False
+    labels = viewer.layers["SAM labels"]
+    labels.visible = True
+    widget.target_layer = labels
+    viewer.layers.selection.active = widget.points_layer
+    seeds = []
+    for zz in (8, 12, 18, 22):
+        found = [i for i in np.unique(gt[zz]) if i and i not in seeds]
+        if found:
+            seeds.append(int(found[0]))
+            rr, cc = np.nonzero(gt[zz] == found[0])
+            viewer.dims.set_current_step(0, zz)
+            widget.points_layer.add([zz, rr.mean(), cc.mean()])
+            settle()
+            widget.next_object()
+    widget.propagate_all()
+    settle()
+    widget.commit_all()
+    settle()
+    first = widget.objects_panel.ids()[1]
+    widget.select_object(first)
+    zz = widget.current_index()
+    widget.toggle_polarity()
+    widget.points_layer.add([min(gt.shape[0] - 1, zz + 2), 5, 5])  # a negative click: edited since commit
+    settle()
+    widget.toggle_polarity()
+    widget.scroll.ensureWidgetVisible(widget.objects_box)
+    shot("06_objects_panel.png")
+
     # the embeddings precompute of a new stack: progress bar and Cancel while the viewer stays live
     viewer.layers.clear()
     viewer.open_sample("napari-sam-stack", "nuclei")

@@ -144,15 +144,18 @@ class ObjectActions:
         others = [d for d, t in zip(shapes.data, shapes.shape_type) if not view.on_view(np.asarray(d)[:1])[0]]
         self._loading_layers = True
         try:
-            points.selected_data = set()
-            points.data = np.concatenate([old[keep], data])
-            points.features = pd.DataFrame({"label": pd.Categorical([*old_labels[keep], *labs],
-                                                                    categories=[POSITIVE, NEGATIVE])})
-            points.refresh_colors()
-            shapes.selected_data = set()
-            shapes.data = others
-            if boxes:
-                shapes.add_rectangles(boxes)
+            new = np.concatenate([old[keep], data])
+            if new.shape != old.shape or not np.array_equal(new, old):
+                points.selected_data = set()
+                points.data = new
+                points.features = pd.DataFrame({"label": pd.Categorical([*old_labels[keep], *labs],
+                                                                        categories=[POSITIVE, NEGATIVE])})
+                points.refresh_colors()
+            if boxes or len(others) != len(shapes.data):  # (napari's data setters cost: only when it changes)
+                shapes.selected_data = set()
+                shapes.data = others
+                if boxes:
+                    shapes.add_rectangles(boxes)
         finally:
             self._loading_layers = False
         set_point_labels(self.points_layer, self._polarity)
