@@ -1,0 +1,131 @@
+"""Train the shipped micro SAM 2 (``nss_nuclei_micro``) from random initialisation on the stardist nuclei.
+
+Split (the evaluation in benchmarks/eval_quality.py uses only the held-out part):
+  training = img2d columns < 256  +  img3d slices 0-14
+  held out = img2d columns >= 256 +  img3d slices 15-30
+
+    python scripts/train_nuclei.py                      # writes src/napari_sam_stack/data/nss_nuclei_micro.{pt,yaml}
+    python scripts/train_nuclei.py --steps 50 --out /tmp/x.pt   # a quick try
+
+Architecture: sam2.1 hiera-t config shrunk to a 32-wide, 5-block Hiera trunk, 128-wide neck,
+decoder and memory attention (1 layer), 32-channel memory, 3 memory frames, 256 px input
+(3.7 M parameters, 14.7 MB). Budget: --steps is sized for 30 min on an idle 2-core CPU
+(time per step is printed as it runs; --threads 1 is fastest on a busy machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "src" / "napari_sam_stack" / "data"
+SPLIT_COL, SPLIT_Z = 256, 15
+
+D, E = 128, 32  # neck/decoder/memory-attention width, Hiera trunk width
+MICRO_OVERRIDES = [
+    "++model.image_size=256",
+    f"++model.image_encoder.trunk.embed_dim={E}",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    f"++model.image_encoder.neck.backbone_channel_list=[{8 * E},{4 * E},{2 * E},{E}]",
+    f"++model.image_encoder.neck.d_model={D}",
+    f"++model.image_encoder.neck.position_encoding.num_pos_feats={D}",
+    "++model.memory_attention.num_layers=1",
+    f"++model.memory_attention.d_model={D}",
+    f"++model.memory_attention.layer.d_model={D}",
+    f"++model.memory_attention.layer.dim_feedforward={4 * D}",
+    f"++model.memory_attention.layer.self_attention.embedding_dim={D}",
+    f"++model.memory_attention.layer.cross_attention.embedding_dim={D}",
+    "++model.memory_attention.layer.cross_attention.kv_in_dim=32",
+    f"++model.memory_encoder.in_dim={D}",
+    f"++model.memory_encoder.mask_downsampler.embed_dim={D}",
+    f"++model.memory_encoder.fuser.layer.dim={D}",
+    "++model.memory_encoder.out_dim=32",
+    "++model.memory_encoder.position_encoding.num_pos_feats=32",
+    "++model.num_maskmem=3",
+]
+BASE = "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+
+def training_pairs():
+    import tifffile
+
+    img2d, mask2d = (tifffile.imread(DATA / f) for f in ("img2d.tif", "mask2d.tif"))
+    img3d, mask3d = (tifffile.imread(DATA / f) for f in ("img3d.tif", "mask3d.tif"))
+    return [(img2d[:, :SPLIT_COL], mask2d[:, :SPLIT_COL], None), (img3d[:SPLIT_Z], mask3d[:SPLIT_Z], 0)]
+
+
+def random_micro_model(folder: Path, seed: int):
+    """The micro architecture with random weights, saved and loaded through load_model."""
+    import torch
+    from omegaconf import OmegaConf
+    from sam2.build_sam import build_sam2
+
+    from napari_sam_stack import load_model
+    from napari_sam_stack._checkpoints import sam2_config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg, _ = sam2_config(BASE, MICRO_OVERRIDES, video=False)
+    OmegaConf.save(cfg, folder / "micro_init.yaml")
+    torch.manual_seed(seed)
+    module = build_sam2(BASE, None, device="cpu", hydra_overrides_extra=MICRO_OVERRIDES)
+    torch.save({"model": module.state_dict()}, folder / "micro_init.pt")
+    return load_model(checkpoint=folder / "micro_init.pt", config=folder / "micro_init.yaml", device="cpu")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=650)
+    p.add_argument("--out", default=str(DATA / "nss_nuclei_micro.pt"))
+    p.add_argument("--state", default=None, help="resumable state (default: <out>.state, not shipped)")
+    p.add_argument("--resume", action="store_true", help="continue from --state")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--save-every", type=int, default=25)
+    p.add_argument("--p-sequence", type=float, default=0.15, help="share of steps on 4-6 slice sequences")
+    p.add_argument("--max-objects", type=int, default=6, help="nuclei per sample")
+    p.add_argument("--focal-weight", type=float, default=20.0,
+                   help="weight of the focal loss (dice: 1); SAM's 20 keeps a model from scratch all-background longer")
+    args = p.parse_args(argv)
+
+    import tempfile
+
+    import torch
+
+    from napari_sam_stack.finetune import Trainer, TrainingData
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    state = Path(args.state) if args.state else out.with_name(out.name + ".state")
+    model = random_micro_model(Path(tempfile.mkdtemp(prefix="nss-micro-")), args.seed)
+    data = TrainingData(training_pairs())
+    changes = dict(steps=args.steps, p_sequence=args.p_sequence, max_objects=args.max_objects, lr=args.lr,
+                   loss_weights={"loss_mask": args.focal_weight})
+    options = dict(seed=args.seed, trainable="all", sequence=(4, 6), corrections=2, crop=(48, 256),
+                   warmup=0.03, **changes)
+    trainer = Trainer.resume(state, model, data, **changes) if args.resume else Trainer(model, data, **options)
+    n = sum(p.numel() for p in trainer.module.parameters())
+    print(f"micro SAM 2: {n / 1e6:.2f} M parameters; {args.steps} steps; threads={args.threads}", flush=True)
+    t0, last = time.perf_counter(), [time.perf_counter()]
+
+    def progress(step, total, loss):
+        now = time.perf_counter()
+        if step % 10 == 0 or step == total:
+            per = (now - t0) / max(1, step - start)
+            print(f"step {step}/{total} loss {loss:.4f} ({per:.2f} s/step, {(total - step) * per / 60:.1f} min left)",
+                  flush=True)
+        last[0] = now
+
+    start = trainer.step_count
+    trainer.fit(progress, out=out, state=state, save_every=args.save_every)
+    took = time.perf_counter() - t0
+    print(f"done: {trainer.step_count - start} steps in {took / 60:.1f} min "
+          f"({took / max(1, trainer.step_count - start):.2f} s/step); wrote {out} and {out.with_suffix('.yaml')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
