@@ -11,7 +11,8 @@
     case, since the early IoU filter saves nothing). Goal: ours <= 0.5 x.
 (b) 3D, SAM 2 (tiny test model by default; ``--model hiera_t --image-size 512`` for the
     real architecture): a 30-slice stack, 20 objects seeded by mask prompts on the middle
-    slice (ground-truth nuclei of the stardist stack, padded/tiled to 30 slices): ONE
+    slice (ground-truth nuclei of the stardist stack, repeated to 30 slices, with a mirrored copy
+    side by side for enough nuclei; the slice with the most): ONE
     batched propagation (what ``add_automatic`` runs) vs 20 separate single-object
     propagations, embeddings cached for both. Goal: ours <= 0.5 x.
 
@@ -113,8 +114,9 @@ def part_b(model_name: str, image_size: int, n_slices: int, n_objects: int) -> d
     gt = tifffile.imread(DATA / "mask3d.tif")
     reps = -(-n_slices // img.shape[0])
     img = np.concatenate([img] * reps)[:n_slices]
-    gt = np.concatenate([gt] * reps)[:n_slices]
-    key = n_slices // 2
+    gt = np.concatenate([gt] * reps)[:n_slices].astype(np.int64)
+    img, gt = np.concatenate([img, img[:, :, ::-1]], axis=2), np.concatenate([gt, (gt + gt.max() * (gt > 0))[:, :, ::-1]], axis=2)
+    key = int(np.argmax([len(np.unique(g)) for g in gt]))  # two mirrored copies side by side: enough nuclei
     ids, counts = np.unique(gt[key][gt[key] > 0], return_counts=True)
     ids = ids[np.argsort(-counts)][:n_objects]
     if len(ids) < n_objects:

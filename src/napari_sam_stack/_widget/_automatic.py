@@ -96,6 +96,8 @@ class AutomaticPanel(QWidget):
         from ..automatic import Automatic, Params
 
         w = self.widget
+        if not self.run_button.isEnabled():
+            raise UserError("segment everything is running: wait for it or press Cancel")
         a = w.annotation
         if a is None:
             raise UserError("choose an image layer first")
@@ -127,9 +129,10 @@ class AutomaticPanel(QWidget):
                 a.add_prompt(o, index, mask=labels == rec["id"])
             self._finish(a, f"slice {index}: {len(records)} instance(s)")
 
-        self._busy(f"segmenting everything on slice {index} …")
-        return self.widget.run_worker(fn, desc="Segment everything", total=1, on_done=self._guard(done),
+        task = self.widget.run_worker(fn, desc="Segment everything", total=1, on_done=self._guard(done),
                                       kind="segment everything")
+        self._busy(f"segmenting everything on slice {index} …")
+        return task
 
     def _next_key(self, auto, pos: int):
         a = auto.annotation
@@ -167,9 +170,9 @@ class AutomaticPanel(QWidget):
             self.widget.run_worker(propagate, desc=f"Propagating {len(ids)} object(s)", total=len(a.session),
                                    on_done=self._guard(propagated), kind="propagate all")
 
-        self._busy(f"segmenting everything on key slice {k} ({pos + 1}/{len(auto.keys)}) …")
         self.widget.run_worker(find, desc=f"Segment everything, slice {k}", total=1, on_done=self._guard(found),
                                kind="segment everything")
+        self._busy(f"segmenting everything on key slice {k} ({pos + 1}/{len(auto.keys)}) …")
 
     # ------------------------------------------------------------------ end
     def report(self, error: BaseException) -> None:
