@@ -109,6 +109,8 @@ def test_statuses_and_undo_sync(stack, sam2_model):
     assert set(a.objects[i].slices()) <= {2, 3, 4, 5}
     edit = a.commit()
     assert a.objects[i].status == Status.COMMITTED
+    a.propagate(start=2, stop=5)  # the same prompts give the same masks: still committed
+    assert a.objects[i].status == Status.COMMITTED
     a.add_prompt(i, 4, points=[[20, 20]])
     assert a.objects[i].status == Status.EDITED
     a.remove_prompt(i, 4)
@@ -242,6 +244,8 @@ def test_bad_inputs_raise_and_leave_labels_untouched(stack, sam2_model):
         lambda: a.propagate([i], max_absent=1.5),
         lambda: nss.Annotation(stack[0], sam2_model, in_memory=True, autosave_every=-1),
         lambda: nss.Annotation(stack[0], sam2_model, in_memory=True, autosave="on"),
+        lambda: nss.Annotation(a.session, None, in_memory=True),  # a Session brings its own options
+        lambda: nss.Annotation.from_session("not a session"),
         lambda: a.predict(i, 4),
         lambda: a.mask(123, 0),
         lambda: a.commit([a.new_object()]),  # no mask

@@ -88,6 +88,18 @@ class MaskStack:
             if (lo is None or i >= lo) and (hi is None or i <= hi):
                 del self._crops[i]
 
+    def same_masks(self, other: MaskStack, lo: int, hi: int) -> bool:
+        """True when both hold the same masks (not confidences) on slices ``lo..hi``."""
+        mine = {i: c for i, c in self._crops.items() if lo <= i <= hi}
+        theirs = {i: c for i, c in other._crops.items() if lo <= i <= hi}
+        if mine.keys() != theirs.keys():
+            return False
+        for i, (r0, c0, crop) in mine.items():
+            q0, d0, other_crop = theirs[i]
+            if (r0, c0, crop.shape) != (q0, d0, other_crop.shape) or not np.array_equal(crop > 0, other_crop > 0):
+                return False
+        return True
+
     def update(self, other: MaskStack) -> None:
         self._crops.update(other._crops)
 

@@ -91,10 +91,14 @@ class PropagationRun:
             obj = a.objects.get(o)
             if obj is None or obj.version != self.versions[o]:
                 continue
+            same = obj.masks.same_masks(stack, self.start, self.stop)
             obj.masks.clear(self.start, self.stop)
             obj.masks.update(stack)
             obj.propagated = True
-            a._set_status(obj, Status.EDITED if obj.committed else Status.PROPAGATED)
+            if not obj.committed:
+                a._set_status(obj, Status.PROPAGATED)
+            elif not same:  # a committed object propagated again to the same masks stays committed
+                a._set_status(obj, Status.EDITED)
             a.events.object_changed.emit(o)
             done.append(o)
         a._changed = a._changed or bool(done)

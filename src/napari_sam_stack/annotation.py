@@ -45,6 +45,9 @@ class Annotation(Persistence):
             from .project import read_image
 
             source, image = str(Path(image).expanduser().resolve()), read_image(image)
+        if isinstance(image, Session) and (session_options or (model is not None and model is not image.model)):
+            raise AnnotationError("an Annotation over a Session takes the session's model and options: "
+                                  "use Annotation.from_session(session, labels=...)")
         session = image if isinstance(image, Session) else Session(image, model, axis, **session_options)
         self.session: Session = session
         self.labels: np.ndarray = self._check_labels(labels)
