@@ -57,6 +57,10 @@ def test_offline_first_run_is_one_status_line_and_no_button_squeezes(make_widget
     # the dock scrolls instead of squeezing: its content keeps at least its minimum height
     inner = widget.scroll.widget()
     assert inner.height() >= inner.minimumSizeHint().height()
+    from qtpy.QtWidgets import QGroupBox
+
+    for box in inner.findChildren(QGroupBox):  # the widget's own controls fit the dock's width: nothing cut off
+        assert box.minimumSizeHint().width() <= widget.scroll.viewport().width(), box.title()
 
 
 def test_undo_key_and_button_act_on_the_labels_whatever_layer_is_active(make_widget, sam2_model, nuclei, qtbot):

@@ -1,7 +1,7 @@
 """The widget's Qt controls (layout only; behaviour lives in ``_widget.py`` and its mixins).
 
 Everything sits in a scroll area, so at napari's default window size no button is
-squeezed or clipped: the dock scrolls instead. The status line is one elided line (the
+squeezed or clipped: the dock scrolls instead (sideways too, if a docked panel is wider). The status line is one elided line (the
 full text is its tooltip; long messages go to notifications).
 """
 
@@ -61,6 +61,32 @@ def _grid(*rows) -> QWidget:
     return w
 
 
+def _compact(widget: QWidget) -> None:
+    """Long combo box entries (layer names, paths) never widen the dock: they are elided."""
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(8)
+
+
+class _Scroll(QScrollArea):
+    """A vertical scroll area as wide as its content needs (the dock never shrinks the controls sideways)."""
+
+    def _width(self) -> int:
+        inner = self.widget()
+        extra = self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+        return (inner.minimumSizeHint().width() if inner is not None else 0) + extra
+
+    def sizeHint(self):
+        hint = super().sizeHint()
+        hint.setWidth(max(hint.width(), self._width()))
+        return hint
+
+    def minimumSizeHint(self):
+        hint = super().minimumSizeHint()
+        hint.setWidth(max(hint.width(), self._width()))
+        return hint
+
+
 class Controls(QWidget):
     """All inputs and buttons; subclasses connect them."""
 
@@ -68,9 +94,9 @@ class Controls(QWidget):
         super().__init__(parent)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        self.scroll = QScrollArea()
+        self.scroll = _Scroll()
         self.scroll.setWidgetResizable(True)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         outer.addWidget(self.scroll)
         inner = QWidget()
         self.scroll.setWidget(inner)
@@ -133,7 +159,8 @@ class Controls(QWidget):
         form.addRow("clicks", _row(self.mode_label, self.box_button))
         self.obj_spin = QSpinBox()
         self.obj_spin.setRange(1, 2**31 - 1)
-        self.obj_spin.setToolTip("Label id the current object gets on commit")
+        self.obj_spin.setToolTip("Id of the current object (its label on commit); another id selects that object")
+        self.obj_spin.setKeyboardTracking(False)  # typing 12 selects 12, not 1 then 12
         self.target_combo = QComboBox()
         self.overwrite_check = QCheckBox("overwrite other objects")
         self.start_spin, self.stop_spin = QSpinBox(), QSpinBox()
@@ -191,10 +218,12 @@ class Controls(QWidget):
         self.keys_section.addWidget(keys)
         root.addWidget(self.keys_section)
         root.addStretch(1)
+        _compact(inner)
 
     def add_section(self, title: str, content: QWidget) -> QCollapsible:
         """Dock ``content`` as a collapsible section (collapsed) above the status line."""
         section = QCollapsible(title)
+        _compact(content)
         section.addWidget(content)
         self._root.insertWidget(self._panels_at, section)
         self._panels_at += 1

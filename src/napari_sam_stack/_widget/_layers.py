@@ -75,7 +75,7 @@ def make_preview_layer(viewer, view: SliceView):
     """Objects not committed yet (and the current one), in their label colours, see-through.
 
     Not part of any undo history: it is a view of the annotation, repainted from it."""
-    return make_labels_layer(viewer, view, PREVIEW_NAME, np.uint32, opacity=0.6, metadata={TAG: "preview"})
+    return make_labels_layer(viewer, view, PREVIEW_NAME, np.uint32, opacity=0.45, metadata={TAG: "preview"})
 
 
 def fits(layer, view: SliceView, geometry: bool = False, grid: bool = True) -> bool:

@@ -23,10 +23,10 @@ from qtpy.QtWidgets import (
 
 # status -> (shown as, row background or None)
 STATUS_LOOK = {
-    "draft": ("draft (not committed)", QColor(90, 80, 20)),
-    "propagated": ("propagated (not committed)", QColor(90, 80, 20)),
-    "edited": ("edited since commit", QColor(110, 55, 10)),
-    "committed": ("committed", None),
+    "draft": ("draft", QColor(90, 80, 20), "prompts and their 2D masks, not committed"),
+    "propagated": ("propagated", QColor(90, 80, 20), "propagated, not committed"),
+    "edited": ("edited", QColor(110, 55, 10), "edited since its commit: commit it again"),
+    "committed": ("committed", None, "its masks are in the labels layer"),
 }
 ID_ROLE = Qt.ItemDataRole.UserRole
 
@@ -95,7 +95,7 @@ class ObjectsPanel(QWidget):
                 self._rows[obj_id] = row
                 for col in range(3):
                     self.table.setItem(row, col, QTableWidgetItem())
-            text, background = STATUS_LOOK.get(obj.status, (obj.status, None))
+            text, background, meaning = STATUS_LOOK.get(obj.status, (obj.status, None, obj.status))
             cells = [str(obj.id), _slices_text(obj.prompted()), text]
             for col, value in enumerate(cells):
                 item = self.table.item(row, col)
@@ -104,6 +104,7 @@ class ObjectsPanel(QWidget):
                 item.setBackground(background if background is not None else QColor(0, 0, 0, 0))
             self.table.item(row, 0).setIcon(self._swatch(obj.id))
             self.table.item(row, 1).setToolTip(f"prompts on {obj.prompted()}; masks on {len(obj.slices())} slice(s)")
+            self.table.item(row, 2).setToolTip(meaning)
         if summary:
             self.update_summary()
 
@@ -115,7 +116,9 @@ class ObjectsPanel(QWidget):
         statuses = [o.status for o in a.objects.values()]
         todo = sum(s in ("draft", "propagated") for s in statuses)
         edited = statuses.count("edited")
-        self.summary.setText(f"{len(statuses)} objects: {todo} not committed, {edited} edited since commit")
+        self.summary.setText(f"{len(statuses)} objects: {todo} not committed, {edited} edited since commit "
+                             "(highlighted)")
+        self.summary.setWordWrap(True)
 
     def _swatch(self, obj_id: int) -> QIcon:
         layer = self._widget.target_layer or self._widget.preview_layer

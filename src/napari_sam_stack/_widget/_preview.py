@@ -9,6 +9,8 @@ is found by identity, without comparing pixels).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from ._layers import write_preview
@@ -79,12 +81,30 @@ class PreviewView:
             write_preview(preview, view, i, labels, refresh=False)
         preview.refresh()
 
+    @contextmanager
+    def _batched_views(self):
+        """Within: annotation events only collect the objects they name; at the end, ONE repaint
+        (commit all of 500 objects repaints each slice once, not once per object)."""
+        outer = getattr(self, "_pending_ids", None) is not None
+        if not outer:
+            self._pending_ids = []
+        try:
+            yield
+        finally:
+            if not outer:
+                ids, self._pending_ids = self._pending_ids, None
+                if ids:
+                    self._refresh_objects(list(dict.fromkeys(ids)))
+
     def _on_annotation_event(self, name: str, args: tuple) -> None:
         """An annotation event (main thread): the views catch up."""
         if not self._alive() or self._annotation is None:
             return
         if name in ("object_added", "object_changed", "object_removed", "status_changed"):
-            self._refresh_objects([args[0]])
+            if getattr(self, "_pending_ids", None) is not None:
+                self._pending_ids.append(args[0])
+            else:
+                self._refresh_objects([args[0]])
             if name == "object_removed" and args[0] == self.obj_id:
                 self._reset_object_state()
         elif name == "labels_changed":

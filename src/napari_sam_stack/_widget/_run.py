@@ -92,7 +92,8 @@ class RunActions:
             elif isinstance(result, Failed):
                 self.report(result.error)
             elif self._annotation is a:
-                done = run.apply()
+                with self._batched_views():
+                    done = run.apply()
                 late = sorted(set(run.obj_ids) - set(done))
                 note = f"; not stored for {late}: their prompts changed meanwhile (propagate again)" if late else ""
                 self.set_status(f"{what} propagated over {len(reached)} slice(s) ({start}..{stop}): check, fix, "
@@ -132,7 +133,7 @@ class RunActions:
         self.set_status(f"committed objects {ids} ({len(edit)} pixels changed; Ctrl+Z or Undo undoes it)")
 
     def _commit(self, a, ids):
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, self._batched_views():
             warnings.simplefilter("always")
             edit = a.commit(ids, overwrite=self.overwrite_check.isChecked())
         for w in caught:
@@ -149,7 +150,8 @@ class RunActions:
         o = self.obj_id if obj_id is None else int(obj_id)
         if o not in a.objects:
             raise AnnotationError(f"no object {o} to delete")
-        edit = a.delete(o)
+        with self._batched_views():
+            edit = a.delete(o)
         if o == self.obj_id:
             self.next_object()
         self.set_status(f"object {o} deleted ({len(edit)} pixels cleared; Ctrl+Z or Undo brings it back)")
@@ -201,7 +203,8 @@ class RunActions:
     def _sync_labels(self) -> None:
         a = self._annotation
         if a is not None and self._alive():
-            a.sync_labels()
+            with self._batched_views():
+                a.sync_labels()
             self._refresh_objects(list(a.objects))
 
     @reported
