@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--model", choices=["hiera_t", "tiny"], default="tiny")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--per-task", type=int, default=4, help="slices per Dask task")
+    ap.add_argument("--dask-trim", action="store_true", help="keep Dask's MALLOC_TRIM_THRESHOLD_=65536 on the worker")
     args = ap.parse_args()
 
     import torch
@@ -61,10 +62,16 @@ def main() -> None:
     model = load_model(checkpoint=ckpt, config=config, device="cpu")
     image = synthetic_nuclei((args.slices, args.size, args.size), n_nuclei=6, seed=1)[0]
     print(f"{args.slices} slices of {args.size}x{args.size} uint16, SAM 2 {args.model} (input {model.image_size}), "
-          f"torch threads {args.threads}, {args.per_task} slice(s) per Dask task, CPU")
+          f"torch threads {args.threads}, {args.per_task} slice(s) per Dask task, CPU"
+          f"{', worker with MALLOC_TRIM_THRESHOLD_=65536' if args.dask_trim else ''}")
 
     t = time.perf_counter()
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+    if args.dask_trim:  # Dask's default worker environment, for comparison
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+    else:
+        from napari_sam_stack.distributed import local_cluster
+
+        cluster = local_cluster(1)
     client = Client(cluster)
     t_cluster = time.perf_counter() - t
     from napari_sam_stack.distributed import model_recipe, worker_model

@@ -23,6 +23,7 @@ the client holds the pixels of a few tasks at a time, not of the whole stack.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +33,9 @@ import numpy as np
 from .errors import CacheError, SamStackError
 from .normalise import Frames
 
-__all__ = ["compute_embeddings", "model_recipe", "worker_model", "map_stacks"]
+__all__ = ["compute_embeddings", "local_cluster", "model_recipe", "worker_model", "map_stacks"]
+
+TRIM = "MALLOC_TRIM_THRESHOLD_"
 
 _MODELS: dict[str, Any] = {}
 _MODELS_LOCK = threading.Lock()
@@ -55,6 +58,23 @@ def model_recipe(model) -> dict:
     )
 
 
+def local_cluster(n_workers: int, threads_per_worker: int = 1, **kw):
+    """A ``distributed.LocalCluster`` of worker processes for torch inference.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (to give memory back
+    to the OS sooner); glibc then stops adapting its mmap threshold and every large torch
+    buffer is mapped and unmapped again: the encoder ran 2.3x slower in such a worker than
+    in a plain process (docs/benchmarks.md). These workers start without it.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    os.environ.pop(TRIM, None)  # (an earlier nanny of this process may have set it here)
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{TRIM}": None}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                            dashboard_address=kw.pop("dashboard_address", ":0"), **kw)
+
+
 def worker_model(recipe: dict, identity: str | None = None):
     """The model of ``recipe`` in this process, loaded once (per worker) and reused."""
     from .models import load_model
@@ -63,6 +83,11 @@ def worker_model(recipe: dict, identity: str | None = None):
     with _MODELS_LOCK:
         m = _MODELS.get(key)
         if m is None:
+            if os.environ.get(TRIM):
+                import warnings
+
+                warnings.warn(f"this worker runs with {TRIM}={os.environ[TRIM]} (Dask's default): torch runs up to "
+                              "2x slower; start workers without it (see docs/cluster.md)", RuntimeWarning, stacklevel=2)
             m = _MODELS[key] = load_model(**recipe, progress=False)
     if identity is not None and m.identity != identity:
         raise SamStackError(f"the worker's model {m.identity} is not the client's {identity} (another file at that path?)")

@@ -46,7 +46,7 @@ def open_client(args):
     if not (getattr(args, "scheduler", None) or getattr(args, "workers", None)):
         return None
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError:
         raise SamStackError("--scheduler/--workers need dask.distributed: pip install distributed") from None
     if args.scheduler:
@@ -54,8 +54,9 @@ def open_client(args):
             return Client(args.scheduler, timeout="30s")
         except (OSError, TimeoutError) as e:
             raise SamStackError(f"--scheduler {args.scheduler}: cannot reach the Dask scheduler ({e})") from None
-    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
-    return Client(cluster)
+    from ..distributed import local_cluster
+
+    return Client(local_cluster(args.workers))
 
 
 def close_client(client) -> None:
