@@ -272,7 +272,7 @@ def test_memory_is_bounded(sam2_model, monkeypatch):
     assert (mem, ptr) == (2, 15)  # num_maskmem=3, max_obj_ptrs_in_encoder=16
     held, ours = [], {}
     for index, logits in prop.run():
-        ours[index] = logits
+        ours.setdefault(index, {}).update(logits)
         held.append(prop.stored_frames())
         for out_dict in prop.state["output_dict_per_obj"].values():
             assert all(o["pred_masks"] is None for o in out_dict["non_cond_frame_outputs"].values())
@@ -341,7 +341,7 @@ def test_bad_input(fresh, sam1_model, stack):
     with pytest.raises(PromptError, match="empty range"):
         fresh.propagate(start=9, stop=3)
     for bad in (0, -2, 1.5):
-        with pytest.raises(PromptError, match="positive integers"):
+        with pytest.raises(PromptError, match="object id"):
             fresh.add_prompt(bad, 5, points=[[20, 30]])
     with pytest.raises(PromptError, match="out of range"):
         fresh.add_prompt(2, N, points=[[20, 30]])

@@ -215,6 +215,8 @@ class Propagation:
                 if cancel is not None and cancel():
                     raise Cancelled("propagation cancelled")
                 for index, logits in self._step():
+                    if cancel is not None and cancel():  # between the slices of a step, too
+                        raise Cancelled("propagation cancelled")
                     self.done += len(logits)
                     if progress is not None:
                         last = (self.done, self.total)
