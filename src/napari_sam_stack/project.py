@@ -194,39 +194,37 @@ def _objects_json(a) -> tuple[list, dict]:
 
 
 def _read_meta(path: Path, strict: bool = True) -> dict | None:
+    """The project's metadata, checked for kind and format; ProjectError (None unless ``strict``)."""
+    try:
+        return _parse_meta(path)
+    except ProjectError:
+        if strict:
+            raise
+        return None
+
+
+def _parse_meta(path: Path) -> dict:
     marker = path / MARKER
     try:
         text = marker.read_text()
     except FileNotFoundError:
-        if not strict:
-            return None
         if not path.exists():
             raise ProjectError(f"no project at {path}") from None
         raise ProjectError(f"{path} is not a napari-sam-stack project (no {MARKER})") from None
     except OSError as e:
-        if not strict:
-            return None
         raise ProjectError(f"cannot read the project {path}: {e}") from e
     try:
         meta = json.loads(text)
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
     except ValueError as e:
-        if not strict:
-            return None
         raise ProjectError(f"project {path} is damaged: {MARKER} is not valid JSON ({e})") from e
     if meta.get("kind") != KIND:
-        if not strict:
-            return None
         raise ProjectError(f"{path} is not a napari-sam-stack project ({MARKER} is of another kind)")
     fmt = meta.get("format")
-    if not isinstance(fmt, int) or fmt < 1:
-        if not strict:
-            return None
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
         raise ProjectError(f"project {path} is damaged: format version {fmt!r}")
     if fmt > FORMAT:
-        if not strict:
-            return None
         raise ProjectError(f"project {path} was saved by a newer napari-sam-stack (format {fmt}; this version reads "
                            f"up to {FORMAT}): update the package to open it")
     return meta
