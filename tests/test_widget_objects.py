@@ -125,6 +125,7 @@ def test_select_object_shows_its_prompts_on_their_slices(make_widget, sam2_model
     assert widget.current_index() == 1
     widget.select_object(3)  # back: its points and its box, the viewer on its first prompted slice
     np.testing.assert_allclose(widget.points_layer.data, [[6, 20, 20]])
+    np.testing.assert_allclose(widget.points_layer.face_color[0], [0, 1, 0, 1])  # positive: lime
     assert len(widget.boxes_layer.data) == 1 and widget.current_index() == 3
     np.testing.assert_allclose(np.asarray(widget.boxes_layer.data[0])[:, 1:].min(0), [10, 10])
     # nothing was sent again: the prompts are what they were
@@ -283,3 +284,28 @@ def test_time_series_and_4d_behave_the_same(make_widget, sam2_model, stack, kind
     b = widget.open_project(path)
     np.testing.assert_array_equal(widget.target_layer.data, before)
     assert sorted(b.objects) == ids
+
+
+def test_stop_after_absent_reaches_the_run(make_widget, sam2_model, stack, monkeypatch):
+    """The widget's 'stop after absent' is the run's max_absent (off: None); the range is the spin boxes'."""
+    from napari_sam_stack.annotation import Annotation
+
+    seen = []
+    original = Annotation.propagation
+
+    def propagation(self, *args, **kw):
+        seen.append(kw)
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(Annotation, "propagation", propagation)
+    viewer, widget, _ = make_widget(stack, sam2_model)
+    annotate(widget, viewer, CLICKS[:2])
+    widget.propagate_all()
+    widget.wait()
+    widget.absent_spin.setValue(2)
+    widget.start_spin.setValue(1)
+    widget.stop_spin.setValue(5)
+    widget.propagate_all()
+    widget.wait()
+    assert [(k["max_absent"], k["start"], k["stop"]) for k in seen] == [(None, 0, 7), (2, 1, 5)]
+    assert "propagated over 5 slice(s)" in widget.status_label.text()

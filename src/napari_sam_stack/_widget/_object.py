@@ -150,7 +150,6 @@ class ObjectActions:
                 points.data = new
                 points.features = pd.DataFrame({"label": pd.Categorical([*old_labels[keep], *labs],
                                                                         categories=[POSITIVE, NEGATIVE])})
-                points.refresh_colors()
             if boxes or len(others) != len(shapes.data):  # (napari's data setters cost: only when it changes)
                 shapes.selected_data = set()
                 shapes.data = others
