@@ -21,6 +21,7 @@ CACHE_ENV = "NAPARI_SAM_STACK_CACHE"
 
 _SAM1_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+_DATA = Path(__file__).resolve().parent / "data"  # files shipped with the package
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,11 @@ class ModelSpec:
     size: int | None = None
     config: str | None = None  # SAM 2 config name
     model_type: str | None = None  # SAM 1 encoder type
+    bundled: str | None = None  # a file in the package's data folder: no download
 
     @property
     def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+        return self.bundled or self.url.rsplit("/", 1)[-1]
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -74,6 +76,11 @@ for _spec in (
               config="configs/sam2.1/sam2.1_hiera_b+.yaml"),
     ModelSpec("sam2.1_hiera_large", "sam2", _SAM2_URL + "sam2.1_hiera_large.pt", None,
               config="configs/sam2.1/sam2.1_hiera_l.yaml"),
+    # Ours: a 3.7 M-parameter SAM 2 trained from random init by scripts/train_nuclei.py on the stardist
+    # nuclei test images (BSD-3-Clause, see data/LICENSE-stardist.txt); the weights are BSD-3-Clause like
+    # this package. Shipped in the package (offline); 256 px input.
+    ModelSpec("nss_nuclei_micro", "sam2", "", "bfc6dc359351ae41b9d31b3fac61ec9a0b7d522b6a0e8e1bbc363cfaff17581b", 14786261,
+              config=str(_DATA / "nss_nuclei_micro.yaml"), bundled="nss_nuclei_micro.pt"),
 ):
     register_model(_spec)
 
@@ -174,6 +181,8 @@ def download_checkpoint(name: str, *, progress: bool = True) -> Path:
     import pooch
 
     spec = model_spec(name)
+    if spec.bundled:
+        return _bundled_checkpoint(spec)
     folder = weights_dir()
     target = folder / spec.filename
     known = f"sha256:{spec.sha256}" if spec.sha256 else None
@@ -200,6 +209,16 @@ def download_checkpoint(name: str, *, progress: bool = True) -> Path:
     path = Path(path)
     if spec.size is not None and path.stat().st_size != spec.size:
         raise CheckpointError(f"{path} has {path.stat().st_size} bytes, expected {spec.size}: delete it and retry.")
+    return path
+
+
+def _bundled_checkpoint(spec: ModelSpec) -> Path:
+    """A checkpoint shipped in the package, verified against its registry hash."""
+    path = _DATA / spec.bundled
+    if not path.is_file():
+        raise CheckpointError(f"{path} (model {spec.name}) is missing from the installation: reinstall napari-sam-stack.")
+    if spec.sha256 and file_sha256_cached(path) != spec.sha256:
+        raise HashMismatchError(f"{path} does not have the SHA-256 registered for {spec.name}: reinstall napari-sam-stack.")
     return path
 
 

@@ -1,0 +1,200 @@
+"""Finetuning: the loss goes down, checkpoints load through load_model and are written atomically,
+runs resume and cancel, the shipped nuclei model matches its registry entry, the CLI and the
+quality benchmark run. Tiny random-weight models; no thresholds on quality."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam_stack import load_model
+from napari_sam_stack.finetune import Trainer, TrainingData, TrainingError
+from napari_sam_stack.testing import load_tiny_sam1, load_tiny_sam2, synthetic_nuclei
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data():
+    image, labels = synthetic_nuclei(shape=(6, 64, 80), n_nuclei=4, seed=3)
+    return TrainingData([(image, labels)])
+
+
+def _tiny(family, folder):
+    return load_tiny_sam2(folder) if family == "sam2" else load_tiny_sam1(folder)
+
+
+@pytest.mark.parametrize("family", ["sam2", "sam"])
+def test_steps_lower_the_loss_on_a_fixed_batch(family, data, tmp_path):
+    torch.manual_seed(0)
+    trainer = Trainer(_tiny(family, tmp_path), data, lr=1e-3, steps=10, corrections=1, max_objects=3, seed=0)
+    sample = trainer.draw()
+    before = trainer.evaluate(sample, seed=5)
+    for _ in range(4):
+        trainer.step(sample)
+    after = trainer.evaluate(sample, seed=5)
+    assert np.isfinite(before) and after < before
+
+
+@pytest.mark.parametrize("family", ["sam2", "sam"])
+def test_checkpoint_loads_and_reproduces_the_trained_logits(family, data, tmp_path):
+    from napari_sam_stack import Session
+
+    model = _tiny(family, tmp_path)
+    trainer = Trainer(model, data, lr=1e-3, steps=2, corrections=1, max_objects=2, trainable="all")
+    out = tmp_path / "trained.pt"
+    assert trainer.fit(out=out)
+    if family == "sam2":
+        assert torch.load(out, weights_only=True).keys() == {"model"}
+        loaded = load_model(checkpoint=out, config=out.with_suffix(".yaml"), device="cpu")
+    else:
+        loaded = load_model(checkpoint=out, model_type="auto", device="cpu")
+    image, _ = synthetic_nuclei(shape=(2, 64, 80), n_nuclei=2, seed=4)
+    ours = load_model(trainer.module, device="cpu")
+    kw = dict(points=[[30, 40]], point_labels=[1], multimask=True)
+    a = Session(image, loaded, in_memory=True).predict(1, **kw)
+    b = Session(image, ours, in_memory=True).predict(1, **kw)
+    c = Session(image, model, in_memory=True).predict(1, **kw)
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-4)
+    assert np.abs(a.logits - c.logits).max() > 1e-3  # training changed the model, the original is untouched
+
+
+@pytest.mark.parametrize("trainable", ["decoder", "decoder+memory", "lora"])
+def test_trainable_parts_and_lora_export(trainable, data, tmp_path):
+    model = load_tiny_sam2(tmp_path)
+    trainer = Trainer(model, data, lr=1e-2, steps=3, corrections=1, max_objects=2, trainable=trainable,
+                      p_sequence=0.5, sequence=(2, 3))
+    names = {n for n, p in trainer.module.named_parameters() if p.requires_grad}
+    encoder = {n for n in names if n.startswith("image_encoder.")}
+    if trainable == "decoder":
+        assert names and all(n.startswith(("sam_mask_decoder.", "sam_prompt_encoder.")) for n in names)
+    else:
+        assert any(n.startswith("memory_attention.") for n in names)
+        assert any(n.startswith("memory_encoder.") for n in names)
+    assert (encoder and all(".lora_" in n for n in encoder)) if trainable == "lora" else not encoder
+    before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
+    trainer.fit(out=tmp_path / "m.pt")
+    after = trainer.module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= names
+    loaded = load_model(checkpoint=tmp_path / "m.pt", config=tmp_path / "m.yaml", device="cpu")  # official names
+    if trainable == "lora":
+        qkv = "image_encoder.trunk.blocks.0.attn.qkv"
+        merged = trainer.module.image_encoder.trunk.blocks[0].attn.qkv.weight.detach()
+        assert not torch.equal(merged, before[qkv + ".parametrizations.weight.original"])
+        torch.testing.assert_close(loaded.module.state_dict()[qkv + ".weight"], merged)
+
+
+def test_bad_options_are_training_errors(data, tmp_path):
+    sam1 = load_tiny_sam1(tmp_path)
+    with pytest.raises(TrainingError, match="memory"):
+        Trainer(sam1, data, trainable="decoder+memory")
+    with pytest.raises(TrainingError, match="trainable"):
+        Trainer(sam1, data, trainable="everything")
+    with pytest.raises(TrainingError, match="unknown"):
+        Trainer(sam1, data, learning_rate=1)
+    image, labels = synthetic_nuclei(shape=(2, 32, 32), n_nuclei=1, seed=0)
+    with pytest.raises(TrainingError, match="no labelled"):
+        TrainingData([(image, np.zeros_like(labels))])
+    from napari_sam_stack.errors import ImageError
+
+    with pytest.raises(ImageError, match="do not fit"):
+        TrainingData([(image, labels[:, :16])])
+
+
+def test_resume_continues_the_run_and_cancel_keeps_the_last_save(data, tmp_path):
+    model = load_tiny_sam2(tmp_path)
+    out, state = tmp_path / "m.pt", tmp_path / "m.pt.state"
+    opts = dict(lr=1e-3, steps=3, corrections=1, max_objects=2, seed=1)
+    full = Trainer(model, data, **opts)
+    assert full.fit()
+    first = Trainer(model, data, **opts)
+    assert not first.fit(cancel=lambda: first.step_count >= 2, out=out, state=state, save_every=2)
+    saved, saved_state = out.read_bytes(), state.read_bytes()
+    again = Trainer.resume(state, model, data)
+    assert again.step_count == 2
+    assert not again.fit(cancel=lambda: True, out=out, state=state)  # cancelled before its next save
+    assert out.read_bytes() == saved and state.read_bytes() == saved_state
+    resumed = Trainer.resume(state, model, data)
+    assert resumed.fit(out=out, state=state)
+    assert resumed.step_count == 3 and len(resumed.losses) == 3
+    np.testing.assert_allclose(resumed.losses, full.losses, rtol=1e-4)
+    for k, v in full.module.state_dict().items():
+        torch.testing.assert_close(resumed.module.state_dict()[k], v, rtol=1e-4, atol=1e-5)
+    with pytest.raises(TrainingError, match="not a napari-sam-stack training state"):
+        Trainer.resume(out, model, data)
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    from napari_sam_stack.finetune import checkpoint as ck
+
+    target = tmp_path / "m.pt"
+    ck.save_atomic({"w": torch.ones(3)}, target)
+    before = target.read_bytes()
+
+    def broken(obj, f, *a, **k):
+        f.write(b"partial")
+        raise KeyboardInterrupt  # killed half-way
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_atomic({"w": torch.zeros(3)}, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind
+
+
+def test_shipped_model_matches_registry_and_loads_offline(monkeypatch):
+    from napari_sam_stack import models
+    from napari_sam_stack._checkpoints import file_sha256
+
+    spec = models.model_spec("nss_nuclei_micro")
+    path = models._DATA / spec.bundled
+    assert file_sha256(path) == spec.sha256 and path.stat().st_size == spec.size
+    assert spec.size <= 20 * 2**20
+
+    def no_network(*a, **k):
+        raise AssertionError("the bundled model must not be downloaded")
+
+    import pooch
+
+    monkeypatch.setattr(pooch, "retrieve", no_network)
+    m = load_model("nss_nuclei_micro", device="cpu")
+    assert m.family == "sam2" and m.image_size == 256 and m.name == "nss_nuclei_micro"
+
+
+def test_cli_train_writes_a_loadable_checkpoint(tmp_path):
+    import argparse
+
+    import tifffile
+
+    from napari_sam_stack.finetune import add_cli
+    from napari_sam_stack.testing import tiny_sam2_checkpoint
+
+    image, labels = synthetic_nuclei(shape=(4, 48, 48), n_nuclei=2, seed=2)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", labels)
+    ckpt, config = tiny_sam2_checkpoint(tmp_path)
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    out = tmp_path / "out.pt"
+    argv = ["train", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"), "--out", str(out),
+            "--checkpoint", str(ckpt), "--config", str(config), "--steps", "2", "--device", "cpu"]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    load_model(checkpoint=out, config=out.with_suffix(".yaml"), device="cpu")
+    saved = out.read_bytes()
+    args = parser.parse_args(argv)
+    assert args.func(args) == 2  # exists: refused without --overwrite, file untouched
+    assert out.read_bytes() == saved
+
+
+def test_quality_benchmark_runs_on_a_subset():
+    spec = importlib.util.spec_from_file_location("eval_quality", ROOT / "benchmarks" / "eval_quality.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--subset", "1", "--no-write", "--no-automatic"]) == 0
