@@ -15,9 +15,10 @@ steps), 15 % of steps on 4-8 slice sequences, up to 6 nuclei per sample, 2 corre
 
 Time: steps cost 1.6-9.5 s on this 2-core machine shared with other jobs (load average 7-21,
 threads=1, which is much faster than 2 threads on a busy machine); at load ~7 about 1.8 s. The
-shipped weights are 650 steps; the first 350 were run with lr 6e-4, focal weight 20, 30 %
-sequences and 8 nuclei per sample (resumed from the state with the recipe above; see
-docs/benchmarks.md). --steps 650 fits 30 min on an idle 2-core CPU with room to spare.
+shipped weights are 650 steps; steps 0-175 ran with lr 6e-4, focal weight 20, 30 % sequences and
+8 nuclei per sample, 175-350 with lr 2e-3, 15 % sequences, 6 nuclei, focal 20, then the recipe above
+(each change resumed from the state; see docs/benchmarks.md). --steps 650 should fit 30 min on an idle 2-core CPU (estimated from
+the load-7 figure, not measured on an idle machine).
 """
 
 from __future__ import annotations
