@@ -249,8 +249,16 @@ class SliceCache:
         import zarr
         from zarr.codecs import Crc32cCodec
 
-        if (self.path.exists() or self.path.is_symlink()) and not delete_ours(self.path):
-            raise OSError(f"{self.path} exists and is not a napari-sam-stack cache (no {MARKER}): it was left alone")
+        if self.path.exists() or self.path.is_symlink():
+            # Another process may have renamed its complete group into place since the open()
+            # above: use it. Only a folder that still does not open (incomplete, or not a
+            # group) is replaced, so a concurrent creator's fresh cache is never deleted.
+            if self.open():
+                return
+            if self.unusable is not None:
+                raise OSError(self.unusable)
+            if not delete_ours(self.path):
+                raise OSError(f"{self.path} exists and is not a napari-sam-stack cache (no {MARKER}): it was left alone")
         self.root.mkdir(parents=True, exist_ok=True)
         for old in self.root.glob(_TMP_PREFIX + "*"):  # debris of creations killed long ago
             try:
