@@ -60,12 +60,13 @@ def test_singleton_axes_are_fixed_and_time_series_slice_along_t(tmp_path):
 
 def test_plain_tiff_rgb_and_axes_override(tmp_path):
     tifffile.imwrite(tmp_path / "q.tif", np.zeros((5, 10, 12), np.uint16))
-    img = io.read_image(tmp_path / "q.tif")
-    assert img.axes == "QYX" and io.view_options(img)["axis"] == 0
+    with pytest.warns(io.AxesWarning, match="unnamed axis 0"):
+        img = io.read_image(tmp_path / "q.tif")
+    assert img.axes == "ZYX" and io.view_options(img)["axis"] == 0
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((10, 12, 3), np.uint8))
     img = io.read_image(tmp_path / "rgb.tif")
     assert img.axes == "YXS" and io.view_options(img) == {"axis": None, "channel_axis": 2, "fixed": {}, "channel": None}
-    img = io.read_image(tmp_path / "q.tif", axes="zyx")
+    img = io.read_image(tmp_path / "q.tif", axes="zyx")  # given axes: no warning (filterwarnings=error would fail)
     assert img.axes == "ZYX"
     with pytest.raises(ImageError, match="3 letters"):
         io.read_image(tmp_path / "q.tif", axes="TZYX")
@@ -196,3 +197,46 @@ def test_npe2_writer_is_declared_and_writes(tmp_path):
     labels[1, 2, 3] = 5
     (path,) = io.napari_write_labels(str(tmp_path / "w.tif"), labels, {"scale": (1, 1, 1)})
     np.testing.assert_array_equal(tifffile.imread(path), labels)
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_a_few_uint16_slices_are_a_stack_not_an_rgb_image(tmp_path, n):
+    # tifffile.imwrite stores a (3|4, Y, X) array as planar RGB(A) when not told otherwise:
+    # its S is a guess from the shape, and a 3-slice uint16 stack must not become one colour image.
+    data = np.random.default_rng(3).integers(0, 4000, (n, 10, 12), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "few.tif", data)
+    with tifffile.TiffFile(tmp_path / "few.tif") as tif:
+        assert tif.series[0].axes == "SYX" and tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
+    with pytest.warns(io.AxesWarning, match=f"{n} slices") as rec:
+        img = io.read_image(tmp_path / "few.tif")
+    assert len(rec) == 1 and "--axes CYX" in str(rec[0].message)
+    assert img.axes == "ZYX"
+    assert io.view_options(img) == {"axis": 0, "channel_axis": None, "fixed": {}, "channel": None}
+    assert len(Frames(img.data, **io.view_options(img))) == n
+    img = io.read_image(tmp_path / "few.tif", axes="CYX")  # the user says it is colour: no guess
+    assert io.view_options(img, channel=[0, 1, 2])["channel_axis"] == 0
+
+
+def test_stated_axes_and_real_rgb_are_kept_and_planar_uint8_rgb_warns(tmp_path, recwarn):
+    data = np.zeros((3, 10, 12), np.uint16)
+    tifffile.imwrite(tmp_path / "zyx.tif", data, metadata={"axes": "ZYX"})
+    assert io.read_image(tmp_path / "zyx.tif").axes == "ZYX"
+    tifffile.imwrite(tmp_path / "cyx.tif", data, metadata={"axes": "CYX"})
+    assert io.read_image(tmp_path / "cyx.tif").axes == "CYX"
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((10, 12, 3), np.uint8))  # contiguous 8-bit RGB
+    assert io.read_image(tmp_path / "rgb.tif").axes == "YXS"
+    tifffile.imwrite(tmp_path / "grey.tif", np.zeros((10, 12, 3), np.uint16), photometric="minisblack",
+                     planarconfig="contig")
+    assert not [w for w in recwarn if issubclass(w.category, io.AxesWarning)]
+    with pytest.warns(io.AxesWarning, match="not RGB"):  # samples of a greyscale page: slices
+        assert io.read_image(tmp_path / "grey.tif").axes == "YXZ"
+    tifffile.imwrite(tmp_path / "p8.tif", np.zeros((3, 10, 12), np.uint8))  # 8-bit planar: kept RGB, said
+    with pytest.warns(io.AxesWarning, match="one RGB image.*--axes ZYX"):
+        assert io.read_image(tmp_path / "p8.tif").axes == "SYX"
+
+
+def test_zarr_without_dimension_names_is_read_as_zyx_and_says_so(tmp_path):
+    zarr.create_array(tmp_path / "n.zarr", shape=(4, 10, 12), dtype="uint8", zarr_format=2)
+    with pytest.warns(io.AxesWarning, match="ZYX"):
+        img = io.read_image(tmp_path / "n.zarr")
+    assert img.axes == "ZYX" and io.view_options(img)["axis"] == 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,18 +31,26 @@ import numpy as np
 
 from .errors import ImageError, OutputError
 
-__all__ = ["Image", "read_image", "view_options", "write_labels", "is_image_path", "napari_write_labels"]
+__all__ = ["Image", "AxesWarning", "read_image", "view_options", "write_labels", "is_image_path", "napari_write_labels"]
 
 SPATIAL = "YX"
 CHANNEL = "CS"  # C: channels, S: samples (tifffile's RGB)
 TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class AxesWarning(UserWarning):
+    """The file does not name its axes; we chose them (the message says how, and how to override)."""
+
+
 _OME_NAMES = {"t": "T", "time": "T", "c": "C", "channel": "C", "z": "Z", "y": "Y", "x": "X"}
 
 
 @dataclass
 class Image:
     """An opened image: ``data`` (numpy memmap/array or dask array), ``axes`` (one upper-case
-    letter per dimension: T, Z, C, Y, X, S for RGB samples, Q when the file does not say)."""
+    letter per dimension: T, Z, C, Y, X, S for RGB samples, Q when the file does not say and
+    we could not tell; a file without axes metadata gets Z for its one further axis, with an
+    :class:`AxesWarning`)."""
 
     data: Any
     axes: str
@@ -80,13 +89,18 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> Image:
     if not p.exists():
         raise ImageError(f"{p}: no such file or folder")
     if p.suffix.lower() in TIFF_SUFFIXES and p.is_file():
-        img = _read_tiff(p)
+        img, guessed = _read_tiff(p)
     elif _zarr_kind(p) is not None:
-        img = _read_zarr(p)
+        img, guessed = _read_zarr(p)
     else:
         raise ImageError(f"{p}: not a TIFF (.tif, .tiff) nor a zarr folder (zarr.json / .zarray inside)")
     if axes is not None:
         img.axes = normalise_axes(axes, len(img.shape))
+    elif guessed:
+        a = img.axes
+        example = a.replace("S", "Z") if "S" in a else a.replace("Z", "C", 1) if "Z" in a else "TZYX"[-len(a):]
+        warnings.warn(f"{p.name}: {guessed}; if that is wrong, give the axes (--axes {example}, "
+                      f"in Python read_image(path, axes={example!r}))", AxesWarning, stacklevel=2)
     return img
 
 
@@ -109,7 +123,8 @@ def _read_tiff(p: Path) -> Image:
             if not tif.series:
                 raise ImageError(f"{p}: the TIFF holds no image")
             series = tif.series[0]
-            axes, shape = series.axes, series.shape
+            shape = series.shape
+            axes, guessed = _tiff_axes(tif, series)
             contiguous = series.dataoffset is not None
     except (tifffile.TiffFileError, ValueError) as e:
         raise ImageError(f"{p}: not a readable TIFF ({e})") from None
@@ -125,12 +140,54 @@ def _read_tiff(p: Path) -> Image:
 
         store = tifffile.imread(p, aszarr=True)
         data = da.from_zarr(zarr.open_array(store, mode="r"))
-    return Image(data, _tiff_axes(axes), p)
+    return Image(data, axes, p), guessed
 
 
-def _tiff_axes(axes: str) -> str:
-    """tifffile's letters, with everything that is not T/Z/C/S/Y/X as Q (unknown)."""
-    return "".join(a if a in "TZCSYX" else "Q" for a in axes.upper())
+def _states_axes(tif, series) -> bool:
+    """Whether the file names its axes (OME, ImageJ, a microscope format, tifffile's ``axes``
+    metadata) rather than tifffile inferring them from the shape and the page tags."""
+    if series.kind in ("generic", "uniform"):
+        return False
+    if series.kind == "shaped":
+        meta = tif.shaped_metadata or ({},)
+        return bool(meta[0].get("axes"))
+    return True
+
+
+def _tiff_axes(tif, series) -> tuple[str, str | None]:
+    """tifffile's letters (anything not T/Z/C/S/Y/X as Q), and a note when we, not the file, chose.
+
+    When the file does not name its axes, tifffile's S (samples) is its own reading of the
+    page tags: S stays colour only for photometric RGB, and not for a planar (S, Y, X) file
+    of more than 8 bits (``tifffile.imwrite`` writes any (3, Y, X) array that way: usually a
+    3-slice stack). Those samples, and one unnamed (Q) axis, become the slice axis Z.
+    """
+    import tifffile
+
+    axes = "".join(a if a in "TZCSYX" else "Q" for a in series.axes.upper())
+    if _states_axes(tif, series):
+        return axes, None
+    shape, notes = series.shape, []
+    page = series.pages[0] if series.pages and series.pages[0] is not None else tif.pages[0]
+    if "S" in axes:
+        k = axes.index("S")
+        rgb = page.photometric == tifffile.PHOTOMETRIC.RGB
+        planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+        if not rgb or (planar and np.dtype(series.dtype) != np.uint8):
+            letter = "Z" if "Z" not in axes else "Q"
+            why = "not RGB" if not rgb else f"{np.dtype(series.dtype)}, stored as separate planes"
+            axes = axes[:k] + letter + axes[k + 1:]
+            notes.append(f"its {shape[k]} samples ({why}) as {shape[k]} slices")
+        elif planar:
+            notes.append(f"its {shape[k]} planes as the colours of one RGB image")
+    unnamed = [i for i, a in enumerate(axes) if a == "Q" and shape[i] > 1]
+    if len(unnamed) == 1 and "Z" not in axes:
+        i = unnamed[0]
+        axes = axes[:i] + "Z" + axes[i + 1:]
+        notes.append(f"its unnamed axis {i} (size {shape[i]}) as slices")
+    if not notes:
+        return axes, None
+    return axes, f"the file does not name its axes: read {' and '.join(notes)} (axes {axes})"
 
 
 def _read_zarr(p: Path) -> Image:
@@ -161,12 +218,15 @@ def _read_zarr(p: Path) -> Image:
     else:
         arr, names = node, list(getattr(node.metadata, "dimension_names", None) or [])
         names = names or list(node.attrs.get("_ARRAY_DIMENSIONS", []))
-    ndim = len(arr.shape)
+    ndim, guessed = len(arr.shape), None
     if len(names) == ndim and all(isinstance(n, str) for n in names):
         axes = "".join(_OME_NAMES.get(n.lower(), "Q") for n in names)
     else:
         axes = "Q" * max(0, ndim - 2) + SPATIAL[-min(ndim, 2):]
-    return Image(da.from_zarr(arr), axes, p, scale)
+        if ndim == 3 and arr.shape[0] > 1:
+            axes = "ZYX"
+        guessed = f"the array does not name its dimensions: read as {axes} (the last two as rows, columns)" if ndim > 2 else None
+    return Image(da.from_zarr(arr), axes, p, scale), guessed
 
 
 # ---------------------------------------------------------------------- axes -> Session arguments
