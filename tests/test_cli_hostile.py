@@ -17,7 +17,8 @@ NO_MODEL = ["--checkpoint", "/nonexistent/never-loaded.pt", "--config", "x.yaml"
 @pytest.fixture
 def world(tmp_path):
     stack = tmp_path / "stack.tif"
-    tifffile.imwrite(stack, np.random.default_rng(0).integers(0, 4000, (6, 61, 57), dtype=np.uint16))
+    tifffile.imwrite(stack, np.random.default_rng(0).integers(0, 4000, (6, 61, 57), dtype=np.uint16),
+                     metadata={"axes": "ZYX"})  # named axes: no "warning:" line about our choice
     tifffile.imwrite(tmp_path / "zcyx.ome.tif", np.zeros((4, 2, 20, 22), np.uint16), metadata={"axes": "ZCYX"}, ome=True)
     tifffile.imwrite(tmp_path / "tzyx.ome.tif", np.zeros((3, 4, 20, 22), np.uint8), metadata={"axes": "TZYX"}, ome=True)
     (tmp_path / "existing.tif").write_bytes(b"precious result")
@@ -121,3 +122,41 @@ def test_bad_command_line_is_one_line_and_changes_nothing(world, capsys, argv, f
     assert "Traceback" not in err and "never-loaded" not in err
     assert not any(w in err for w in ("Session.", "add_prompt(", "pass config=", "OverflowError", "JSONDecodeError"))
     assert _snapshot(world) == before  # no file changed, none created
+
+
+MODEL_CASES = [
+    (["--model", "nope", "--checkpoint", "{d}/m.pt", "--config", "c.yaml"], "--model nope and --checkpoint"),
+    (["--model", "sam2.1_hiera_tiny", "--checkpoint", "{d}/m.pt"], "name two models: give one"),
+    (["--checkpoint", "{d}/m.pt", "--config", "c.yaml", "--model-type", "vit_b"], "contradict each other"),
+    (["--config", "c.yaml"], "--config c.yaml describes a --checkpoint file"),
+    (["--model", "sam_vit_b", "--model-type", "vit_b"], "--model-type vit_b describes a --checkpoint file"),
+    (["--model", "nope"], "unknown model 'nope': the registry has"),
+]
+
+
+@pytest.mark.parametrize("command", ["segment", "embed", "auto"])
+@pytest.mark.parametrize("flags, fragment", MODEL_CASES, ids=[f"m{k}" for k in range(len(MODEL_CASES))])
+def test_model_flags_that_conflict_or_name_nothing_are_refused_first(world, capsys, monkeypatch, command, flags,
+                                                                      fragment):
+    # --model was silently ignored next to --checkpoint, and an unknown name came back in Python
+    # words (load_model(checkpoint=...)); both are refused before the image is even read.
+    (world / "m.pt").write_bytes(b"never loaded")
+    monkeypatch.setattr("napari_sam_stack.io.read_image", lambda *a, **k: pytest.fail("read the image"))
+    argv = {"segment": ["segment", "{d}/stack.tif", "--point", "5,30,20", "--out", "{d}/y.tif"],
+            "embed": ["embed", "{d}/stack.tif"], "auto": ["auto", "{d}/stack.tif", "--out", "{d}/a.tif"]}[command]
+    before = _snapshot(world)
+    rc = cli.main([a.format(d=world) for a in argv + flags])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert fragment in lines[0]
+    assert "load_model(" not in err and "Unknown model" not in err
+    if "unknown model" in fragment:
+        assert all(f in lines[0] for f in ("--checkpoint", "--config", "--model-type", "nss_nuclei_micro"))
+    assert _snapshot(world) == before
+
+
+def test_download_of_an_unknown_name_speaks_cli(capsys):
+    assert cli.main(["download", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown model 'nope'") and "--checkpoint" in err and "load_model" not in err

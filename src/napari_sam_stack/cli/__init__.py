@@ -16,11 +16,12 @@ one line on stderr (exit status 2; 1 when some stacks of several failed).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 
-from ..errors import DownloadError, SamStackError
-from ._common import Parser, join_negative_values, message
+from ..errors import DownloadError, SamStackError, UnknownModelError
+from ._common import Parser, check_model_flags, join_negative_values, message, unknown_model
 
 __all__ = ["main", "build_parser", "read_image"]
 
@@ -77,10 +78,16 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         _quiet_warnings()
         try:
+            if hasattr(args, "model_default"):  # the subcommands with model flags
+                check_model_flags(args)
             return args.func(args)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except UnknownModelError as e:  # models.py words it for Python; the CLI has flags
+            name = re.search(r"model '([^']*)'", str(e))
+            print(f"error: {unknown_model(name.group(1) if name else '?')}", file=sys.stderr)
+            return 2
         except (SamStackError, ValueError, OSError) as e:  # bad input: one line, not a traceback
             print(f"error: {message(e)}", file=sys.stderr)
             if isinstance(e, DownloadError):

@@ -171,11 +171,43 @@ def subcommand(sub, name: str, help: str, description: str, examples: str) -> ar
 
 def model_args(p: argparse.ArgumentParser, default: str | None = "sam2.1_hiera_tiny") -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=default, help="registry name (see `napari-sam-stack models`; default %(default)s)")
+    # default None here so that an explicit --model is seen (and refused next to --checkpoint);
+    # check_model_flags fills in the default
+    g.add_argument("--model", default=None, help=f"registry name (see `napari-sam-stack models`; default {default})")
+    p.set_defaults(model_default=default)
     g.add_argument("--checkpoint", help="a local checkpoint file instead of a registry name")
     g.add_argument("--config", help="SAM 2 config of --checkpoint (its name, or a YAML file)")
     g.add_argument("--model-type", help="SAM 1 encoder type of --checkpoint (vit_b, vit_l, vit_h, auto)")
     g.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+
+
+def unknown_model(name) -> str:
+    """The command line's words for a name that is not in the registry."""
+    from ..models import available_models
+
+    return (f"unknown model {name!r}: the registry has {', '.join(available_models())} (see `napari-sam-stack models`); "
+            "for a local file give --checkpoint FILE with --config CONFIG (SAM 2) or --model-type TYPE (SAM 1)")
+
+
+def check_model_flags(args) -> None:
+    """Refuse contradictory model flags and unknown names before any file is read or model loaded;
+    then fill in the default ``--model``."""
+    from ..models import available_models
+
+    if args.checkpoint:
+        if args.model is not None:
+            raise SamStackError(f"--model {args.model} and --checkpoint {args.checkpoint} name two models: give one")
+        if args.config and args.model_type:
+            raise SamStackError("--config (SAM 2) and --model-type (SAM 1) contradict each other: give the one "
+                                "that matches --checkpoint")
+        return
+    for flag, value in (("--config", args.config), ("--model-type", args.model_type)):
+        if value:
+            raise SamStackError(f"{flag} {value} describes a --checkpoint file, and none is given "
+                                f"(a registry --model brings its own)")
+    args.model = args.model if args.model is not None else args.model_default
+    if args.model is not None and args.model not in available_models():
+        raise SamStackError(unknown_model(args.model))
 
 
 def model_recipe(args) -> dict:

@@ -29,8 +29,11 @@ def run_models(args) -> int:
 
 
 def run_download(args) -> int:
-    from ..models import download_checkpoint
+    from ..errors import SamStackError
+    from ..models import available_models, download_checkpoint
 
+    if args.name not in available_models():
+        raise SamStackError(c.unknown_model(args.name))
     print(download_checkpoint(args.name))
     return 0
 
