@@ -14,6 +14,7 @@ import tifffile
 
 import napari_sam_stack
 from napari_sam_stack import Session, cli, io
+from napari_sam_stack.errors import PromptError
 from napari_sam_stack.testing import synthetic_nuclei
 
 DATA = Path(napari_sam_stack.__file__).parent / "data"  # real stardist nuclei, shipped with the package
@@ -89,7 +90,7 @@ def test_embed_info_then_segment_from_json(files, sam2_model, common, tmp_path, 
     assert set(np.unique(labels)) <= {0, 1, 7}
 
 
-def test_segment_from_napari_points_and_shapes_csv(files, sam2_model, common, tmp_path):
+def test_segment_from_napari_points_and_shapes_csv(files, sam2_model, common, tmp_path, capsys):
     from napari_builtins.io._write import napari_write_points, napari_write_shapes
 
     pts = tmp_path / "points.csv"  # what napari's File > Save Selected Layers writes for the widget's points layer
@@ -101,13 +102,54 @@ def test_segment_from_napari_points_and_shapes_csv(files, sam2_model, common, tm
     out = tmp_path / "l.zarr"
     assert cli.main(["segment", str(files["dir"] / "stack.tif"), "--prompts", str(pts), "--prompts", str(boxes),
                      "--obj", "3", "--out", str(out), *common]) == 0
+    assert "prompts: points.csv: object 3; boxes.csv: object 4" in capsys.readouterr().out
     labels = np.asarray(io.read_image(out).data)
     expected = _expected(sam2_model, files["image"], [
         (3, 2, {"points": [[20, 30], [25, 31]], "point_labels": [1, 0]}),
         (3, 4, {"points": [[40, 12]], "point_labels": [1]}),
-        (3, 3, {"box": [49.5, 9.5, 60.5, 21.5]})])  # the rectangle joins the --obj object, ids follow from --obj
+        (4, 3, {"box": [49.5, 9.5, 60.5, 21.5]})])  # a second file without ids goes on after the ids used
     np.testing.assert_array_equal(labels, expected)
     assert labels.dtype == np.uint32
+
+
+def test_prompt_files_without_ids_never_merge_objects(files, tmp_path, capsys, monkeypatch):
+    # Two napari CSVs with --obj 3 used to become one object: the points and a rectangle on
+    # another nucleus were propagated as one. Ids now follow docs/cli.md ("Object ids").
+    from napari_builtins.io._write import napari_write_points, napari_write_shapes
+
+    from napari_sam_stack.cli import _segment
+
+    pts, boxes, js = tmp_path / "points.csv", tmp_path / "boxes.csv", tmp_path / "p.json"
+    napari_write_points(str(pts), np.array([[5, 30, 20], [5, 35, 25], [4, 40, 35]], float),
+                        {"properties": {"label": np.array(["positive", "negative", "positive"])}})
+    rects = [np.array([[5, 10, 10], [5, 10, 30], [5, 30, 30], [5, 30, 10]]),
+             np.array([[2, 40, 40], [2, 40, 50], [2, 50, 50], [2, 50, 40]])]
+    napari_write_shapes(str(boxes), rects, {"shape_type": ["rectangle", "rectangle"]})
+    js.write_text('[{"obj": 4, "index": 1, "points": [[12, 12]]}]')
+    monkeypatch.setattr(_segment.c, "load", lambda args: pytest.fail("no model needed to number objects"))
+
+    def run(*argv):
+        args = cli.build_parser(["segment"]).parse_args(["segment", str(files["dir"] / "stack.tif"), *argv,
+                                                         "--out", str(tmp_path / "o.tif")])
+        img, opts, frames = _segment.c.open_view(args.image, args)
+        return {(it.obj, it.index): it for it in _segment.collect(args, _segment._view(frames, opts, img), frames)}
+
+    seen = run("--prompts", str(pts), "--prompts", str(boxes), "--obj", "3")
+    assert sorted(seen) == [(3, 4), (3, 5), (4, 5), (5, 2)]  # points: one object; each rectangle its own
+    assert seen[(3, 5)].labels == [1, 0] and seen[(4, 5)].box is not None and not seen[(4, 5)].points
+    assert "points.csv: object 3; boxes.csv: objects 4-5" in capsys.readouterr().out
+    # a file's own ids are kept, and files without ids skip them; the flags are --obj
+    seen = run("--prompts", str(js), "--prompts", str(pts), "--point", "1,20,20")
+    assert sorted(seen) == [(1, 1), (2, 4), (2, 5), (4, 1)]
+    # the same object on the same slice from two sources is refused, naming both
+    with pytest.raises(PromptError, match="--prompts p.json, item 1 and --point 1,5,5 both prompt object 4 on slice 1"):
+        run("--prompts", str(js), "--point", "1,5,5", "--obj", "4")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli.main(["segment", str(files["dir"] / "stack.tif"), "--prompts", str(js), "--point", "1,5,5", "--obj", "4",
+                     "--out", str(tmp_path / "o.tif"), "--checkpoint", str(js), "--config", "c.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "both prompt object 4 on slice 1" in err and "different ids" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_ome_tiff_zcyx_channel_and_time_series(files, sam2_model, common, tmp_path, capsys):

@@ -98,7 +98,7 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> Image:
         img.axes = normalise_axes(axes, len(img.shape))
     elif guessed:
         a = img.axes
-        example = a.replace("S", "Z") if "S" in a else a.replace("Z", "C", 1) if "Z" in a else "TZYX"[-len(a):]
+        example = a.replace("S", "Z") if "S" in a else a.replace("Z", "C" if img.shape[a.index("Z")] in (3, 4) else "T", 1) if "Z" in a else "TZYX"[-len(a):]
         warnings.warn(f"{p.name}: {guessed}; if that is wrong, give the axes (--axes {example}, "
                       f"in Python read_image(path, axes={example!r}))", AxesWarning, stacklevel=2)
     return img

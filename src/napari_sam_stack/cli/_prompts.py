@@ -255,10 +255,16 @@ def _shapes(path, head, body, cols, view, obj) -> list[Item]:
     return items
 
 
-def read_prompts(path: str, view: View, obj: int = 1) -> list[Item]:
+def read_prompts(path: str, view: View, obj: int = 1) -> tuple[list[Item], bool]:
+    """The file's prompts, and whether it named no ids (a Points CSV without an obj column, a
+    Shapes CSV): then its objects are numbered from ``obj`` and the caller may renumber them."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise PromptError(f"--prompts {path}: no such file")
     if p.suffix.lower() == ".csv":
-        return read_csv(p, view, obj)
-    return read_json(p, view)
+        items = read_csv(p, view, obj)
+        with open(p, newline="") as f:
+            head = [h.strip().lower() for h in next(csv.reader(f))]
+        named = "shape-type" not in head and any(c in head for c in OBJ_COLUMNS)
+        return items, not named
+    return read_json(p, view), False

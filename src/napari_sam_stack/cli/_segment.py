@@ -21,7 +21,9 @@ EXAMPLES = """examples:
 
 prompt files: our JSON (a list of {"obj", "index", "points", "labels", "box"}) or napari's
 Points / Shapes CSV (File > Save Selected Layers...). Boxes in JSON are pixel bounds with the
-maximum exclusive: [0, 0, rows, cols] is the whole slice. See docs/cli.md."""
+maximum exclusive: [0, 0, rows, cols] is the whole slice. Object ids: the flags are --obj;
+files without ids take the next free ids from --obj on (points.csv -> 3, its rectangles -> 4, 5
+in the example above); the ids used are printed. See docs/cli.md."""
 
 
 def add(sub) -> None:
@@ -36,8 +38,13 @@ def add(sub) -> None:
                    help="a negative click (background) on object --obj")
     g.add_argument("--box", action="append", type=c.box, metavar="SLICE,R0,C0,R1,C1",
                    help="a box on object --obj: rows R0..R1-1, cols C0..C1-1")
-    g.add_argument("--obj", type=c.obj_id, default=1, help="object id of --point/--negative/--box and CSV points (default 1)")
-    g.add_argument("--prompts", action="append", metavar="FILE", help="prompts file: JSON, or a napari Points/Shapes CSV (repeatable)")
+    g.add_argument("--obj", type=c.obj_id, default=1,
+                   help="object id of --point/--negative/--box, and the first id for prompt files that name none "
+                        "(default 1)")
+    g.add_argument("--prompts", action="append", metavar="FILE",
+                   help="prompts file: JSON, or a napari Points/Shapes CSV (repeatable). Ids: JSON 'obj' and a CSV "
+                        "obj column are kept; otherwise a Points CSV is one object and each Shapes rectangle its "
+                        "own, numbered on from the ids already used; two sources on one object's slice are refused")
     g.add_argument("--seed-labels", help="labels TIFF: every object on --seed-slice becomes a mask prompt")
     g.add_argument("--seed-slice", type=c.index, default=0, help="the slice of --seed-labels to start from")
     g = p.add_argument_group("propagation")
@@ -60,32 +67,70 @@ def _view(frames, opts, img) -> View:
 
 
 def collect(args, view: View, frames) -> list[Item]:
-    """Every prompt from the flags and files, merged per (object, slice), checked against the image."""
-    items: list[Item] = []
+    """Every prompt from the flags and files, checked against the image, with the object ids
+    of docs/cli.md ("Object ids"): flags are object --obj; a file naming its ids keeps them; a
+    file naming none (napari CSV) takes the next ids nobody else uses, from --obj on. Prompts of
+    one object on one slice merge within one source; from two sources they are refused."""
+    from ._prompts import _json_box
+
+    flags: list[Item] = []
     for flag, label in (("point", 1), ("negative", 0)):
         for z, r, col in getattr(args, flag) or []:
             where = f"--{flag} {z},{r:g},{col:g}"
             view.check_point(r, col, where)
-            items.append(Item(args.obj, view.check_index(z, where), [[r, col]], [label], where=where))
+            flags.append(Item(args.obj, view.check_index(z, where), [[r, col]], [label], where=where))
     for z, r0, c0, r1, c1 in args.box or []:
         where = f"--box {z},{r0:g},{c0:g},{r1:g},{c1:g}"
-        from ._prompts import _json_box
+        flags.append(Item(args.obj, view.check_index(z, where), box=_json_box([r0, c0, r1, c1], view, where), where=where))
+    sources = [("the --point/--negative/--box flags", flags, False)] if flags else []
+    sources += [(Path(path).name, *read_prompts(path, view, obj=1)) for path in args.prompts or []]
+    taken = {it.obj for _, items, auto in sources if not auto for it in items}
+    next_id, named = args.obj, []
+    for name, items, auto in sources:
+        if auto:
+            ids = {}
+            for o in sorted({it.obj for it in items}):
+                while next_id in taken:
+                    next_id += 1
+                if next_id > c.MAX_ID:
+                    raise PromptError(f"--prompts {name}: no object id left under {c.MAX_ID}")
+                ids[o] = next_id
+                taken.add(next_id)
+            for it in items:
+                it.obj = ids[it.obj]
+        objs = sorted({it.obj for it in items})
+        named.append(f"{name}: {'object' if len(objs) == 1 else 'objects'} {_ranges(objs)}")
+    merged: dict[tuple[int, int], tuple[Item, str]] = {}
+    for name, items, _ in sources:
+        for it in items:
+            key = (it.obj, it.index)
+            if key not in merged:
+                merged[key] = Item(it.obj, it.index, list(it.points), list(it.labels), it.box, it.where), name
+                continue
+            m, first = merged[key]
+            if first != name:
+                raise PromptError(f"{it.where} and {m.where} both prompt object {it.obj} on slice {it.index}: "
+                                  "give them different ids (an obj column / JSON \"obj\", --obj) or put them in one file")
+            if it.box is not None and m.box is not None:
+                raise PromptError(f"{it.where}: object {it.obj} already has a box on slice {it.index} ({m.where})")
+            m.points += it.points
+            m.labels += it.labels
+            m.box = m.box if it.box is None else it.box
+    if len(sources) > 1:
+        print("prompts: " + "; ".join(named))
+    return [m for m, _ in merged.values()]
 
-        items.append(Item(args.obj, view.check_index(z, where), box=_json_box([r0, c0, r1, c1], view, where), where=where))
-    for path in args.prompts or []:
-        items += read_prompts(path, view, obj=args.obj)
-    merged: dict[tuple[int, int], Item] = {}
-    for it in items:
-        m = merged.get((it.obj, it.index))
-        if m is None:
-            merged[(it.obj, it.index)] = Item(it.obj, it.index, list(it.points), list(it.labels), it.box, it.where)
-            continue
-        if it.box is not None and m.box is not None:
-            raise PromptError(f"{it.where}: object {it.obj} already has a box on slice {it.index} ({m.where})")
-        m.points += it.points
-        m.labels += it.labels
-        m.box = m.box if it.box is None else it.box
-    return list(merged.values())
+
+def _ranges(ids: list[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9'."""
+    out, k = [], 0
+    while k < len(ids):
+        j = k
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        out.append(str(ids[k]) if j == k else f"{ids[k]}-{ids[j]}")
+        k = j + 1
+    return ", ".join(out)
 
 
 def seed_masks(path: str, index: int, frames, view: View) -> dict[int, np.ndarray]:
