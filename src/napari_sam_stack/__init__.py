@@ -26,6 +26,7 @@ _LAZY = {
     "clear_cache": "embeddings",
     "automatic": None,
     "errors": None,
+    "io": None,
     "models": None,
 }
 
