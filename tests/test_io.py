@@ -240,3 +240,10 @@ def test_zarr_without_dimension_names_is_read_as_zyx_and_says_so(tmp_path):
     with pytest.warns(io.AxesWarning, match="ZYX"):
         img = io.read_image(tmp_path / "n.zarr")
     assert img.axes == "ZYX" and io.view_options(img)["axis"] == 0
+
+
+def test_io_is_reachable_from_the_package_like_errors_and_models():
+    # docs/cli.md writes nss.io.read_image(path); the attribute did not exist (AttributeError)
+    import napari_sam_stack as nss
+
+    assert nss.io.read_image is io.read_image and "io" in dir(nss)
