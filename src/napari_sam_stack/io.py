@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ._tiff_axes import tiff_axes
 from .errors import ImageError, OutputError
 
 __all__ = ["Image", "AxesWarning", "read_image", "view_options", "write_labels", "is_image_path", "napari_write_labels"]
@@ -115,7 +116,7 @@ def normalise_axes(axes: str, ndim: int) -> str:
     return a
 
 
-def _read_tiff(p: Path) -> Image:
+def _read_tiff(p: Path) -> tuple[Image, str | None]:
     import tifffile
 
     try:
@@ -124,7 +125,7 @@ def _read_tiff(p: Path) -> Image:
                 raise ImageError(f"{p}: the TIFF holds no image")
             series = tif.series[0]
             shape = series.shape
-            axes, guessed = _tiff_axes(tif, series)
+            axes, guessed = tiff_axes(tif, series)
             contiguous = series.dataoffset is not None
     except (tifffile.TiffFileError, ValueError) as e:
         raise ImageError(f"{p}: not a readable TIFF ({e})") from None
@@ -143,54 +144,7 @@ def _read_tiff(p: Path) -> Image:
     return Image(data, axes, p), guessed
 
 
-def _states_axes(tif, series) -> bool:
-    """Whether the file names its axes (OME, ImageJ, a microscope format, tifffile's ``axes``
-    metadata) rather than tifffile inferring them from the shape and the page tags."""
-    if series.kind in ("generic", "uniform"):
-        return False
-    if series.kind == "shaped":
-        meta = tif.shaped_metadata or ({},)
-        return bool(meta[0].get("axes"))
-    return True
-
-
-def _tiff_axes(tif, series) -> tuple[str, str | None]:
-    """tifffile's letters (anything not T/Z/C/S/Y/X as Q), and a note when we, not the file, chose.
-
-    When the file does not name its axes, tifffile's S (samples) is its own reading of the
-    page tags: S stays colour only for photometric RGB, and not for a planar (S, Y, X) file
-    of more than 8 bits (``tifffile.imwrite`` writes any (3, Y, X) array that way: usually a
-    3-slice stack). Those samples, and one unnamed (Q) axis, become the slice axis Z.
-    """
-    import tifffile
-
-    axes = "".join(a if a in "TZCSYX" else "Q" for a in series.axes.upper())
-    if _states_axes(tif, series):
-        return axes, None
-    shape, notes = series.shape, []
-    page = series.pages[0] if series.pages and series.pages[0] is not None else tif.pages[0]
-    if "S" in axes:
-        k = axes.index("S")
-        rgb = page.photometric == tifffile.PHOTOMETRIC.RGB
-        planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
-        if not rgb or (planar and np.dtype(series.dtype) != np.uint8):
-            letter = "Z" if "Z" not in axes else "Q"
-            why = "not RGB" if not rgb else f"{np.dtype(series.dtype)}, stored as separate planes"
-            axes = axes[:k] + letter + axes[k + 1:]
-            notes.append(f"its {shape[k]} samples ({why}) as {shape[k]} slices")
-        elif planar:
-            notes.append(f"its {shape[k]} planes as the colours of one RGB image")
-    unnamed = [i for i, a in enumerate(axes) if a == "Q" and shape[i] > 1]
-    if len(unnamed) == 1 and "Z" not in axes:
-        i = unnamed[0]
-        axes = axes[:i] + "Z" + axes[i + 1:]
-        notes.append(f"its unnamed axis {i} (size {shape[i]}) as slices")
-    if not notes:
-        return axes, None
-    return axes, f"the file does not name its axes: read {' and '.join(notes)} (axes {axes})"
-
-
-def _read_zarr(p: Path) -> Image:
+def _read_zarr(p: Path) -> tuple[Image, str | None]:
     import dask.array as da
     import zarr
 
