@@ -269,3 +269,20 @@ def test_elongated_slices_equal_official(model, shape):
     pred = _official(model, _rgb(img))
     rows, cols = shape
     _check(model, s, 0, pred, dict(points=[[rows // 3, cols // 2], [rows - 2, 1]], point_labels=[1, 0]), True)
+
+
+def test_half_open_bbox_touching_the_edge_is_a_valid_box():
+    """regionprops' bbox / automatic records are half-open: (r0, c0, r1, c1) with r1 = rows at the
+    bottom edge. They are accepted unchanged; a corner farther out is still refused."""
+    from skimage.measure import regionprops
+
+    mask = np.zeros((ROWS, COLS), np.uint8)
+    mask[30:, 50:] = 1  # touches the bottom and right edges
+    bbox = regionprops(mask)[0].bbox
+    assert bbox == (30, 50, ROWS, COLS)
+    p = make_prompt((ROWS, COLS), box=bbox)
+    np.testing.assert_array_equal(p.box, [50, 30, COLS, ROWS])
+    make_prompt((ROWS, COLS), box=[-1, -1, 5, 5])  # the limit: half a pixel beyond the outer edge
+    for bad in ([0, 0, ROWS + 0.5, 5], [-1.5, 0, 5, 5], [0, 0, 5, COLS + 1]):
+        with pytest.raises(PromptError, match="outside"):
+            make_prompt((ROWS, COLS), box=bad)

@@ -82,7 +82,9 @@ def make_prompt(shape, points=None, point_labels=None, box=None, mask=None, *, a
         r0, c0, r1, c1 = b
         if r1 <= r0 or c1 <= c0:
             raise PromptError(f"box has zero or negative extent: rows {r0}..{r1}, cols {c0}..{c1}")
-        _check_inside(np.array([[r0, c0], [r1, c1]]), rows, cols, "box corner")
+        # Half-open pixel bounds (numpy slices, regionprops' bbox, automatic records) reach
+        # half a pixel past the slice's outer edge: they are accepted as they are.
+        _check_inside(np.array([[r0, c0], [r1, c1]]), rows, cols, "box corner", margin=1.0)
         bx = np.array([c0, r0, c1, r1], np.float32)
     m, is_logits = _mask(mask, rows, cols)
     prompt = Prompt(pts, lab, bx, m, is_logits)
@@ -104,9 +106,9 @@ def float_array(x, what) -> np.ndarray:
     return a
 
 
-def _check_inside(p: np.ndarray, rows: int, cols: int, what: str) -> None:
-    # napari puts pixel centres on integers: pixel 0 spans -0.5..0.5.
-    bad = (p[:, 0] < -0.5) | (p[:, 0] > rows - 0.5) | (p[:, 1] < -0.5) | (p[:, 1] > cols - 0.5)
+def _check_inside(p: np.ndarray, rows: int, cols: int, what: str, margin: float = 0.5) -> None:
+    # napari puts pixel centres on integers: pixel 0 spans -0.5..0.5 (margin 0.5 = the outer edge).
+    bad = (p[:, 0] < -margin) | (p[:, 0] > rows - 1 + margin) | (p[:, 1] < -margin) | (p[:, 1] > cols - 1 + margin)
     if bad.any():
         r, c = p[np.argmax(bad)]
         raise PromptError(f"{what} (row {r:g}, col {c:g}) lies outside the slice of {rows} x {cols} pixels")
