@@ -6,7 +6,8 @@ resizing and normalisation), so the network is trained on exactly what it sees l
 A sample is a random crop (random size and aspect, stretched to the model's square
 input like SAM 2 stretches every frame) of one slice, or of 4-8 consecutive slices of
 a stack (either direction) for SAM 2's memory; its objects are up to ``max_objects``
-label ids present on the sample's first slice, each a binary mask per slice.
+label ids present on the sample's first slice, each a binary mask per slice. Single slices
+are drawn in proportion to their area.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class TrainingData:
         if not self.labelled:
             raise TrainingError("no labelled slice in the training data: paint or commit some objects first")
         self.stacks = [k for k, (_, lab) in enumerate(self.items) if len(lab) >= 2]
+        # single slices are drawn in proportion to their area: one large image is not outweighed by the
+        # many small slices of a stack (a 512 x 256 image beside 15 slices of 61 x 57 was drawn 1 time in 16)
+        area = np.array([float(np.prod(self.items[k][1].shape[1:])) for k, _ in self.labelled])
+        self.slice_p = area / area.sum()
 
     def _windows(self, k: int, frames: int):
         """(first slice, direction) of every window of ``frames`` slices of stack ``k`` starting on a labelled slice."""
@@ -84,7 +89,7 @@ class TrainingData:
             t = min(frames, len(self.items[k][1]))
             idx = [first + step * j for j in range(t)]
         else:
-            k, i = self.labelled[int(rng.integers(len(self.labelled)))]
+            k, i = self.labelled[int(rng.choice(len(self.labelled), p=self.slice_p))]
             idx = [i]
         images, lab = self.items[k]
         h, w = lab.shape[1:]

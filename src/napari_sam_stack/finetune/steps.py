@@ -34,12 +34,13 @@ SAM2_TRAIN_SETTINGS = {
 }
 
 
-def loss_function(family: str, weights: dict | None = None):
+def loss_function(family: str, weights: dict | None = None, focal_alpha: float = 0.25):
+    """sam2's loss; ``focal_alpha`` weights foreground pixels in the focal term (SAM's 0.25 favours background)."""
     from training.loss_fns import MultiStepMultiMasksAndIous
 
     return MultiStepMultiMasksAndIous(
         {**LOSS_WEIGHTS, **(weights or {})}, supervise_all_iou=True, iou_use_l1_loss=False, pred_obj_scores=family == "sam2",
-        focal_gamma_obj_score=0.0, focal_alpha_obj_score=-1.0,
+        focal_alpha=float(focal_alpha), focal_gamma_obj_score=0.0, focal_alpha_obj_score=-1.0,
     )
 
 

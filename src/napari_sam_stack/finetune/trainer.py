@@ -20,7 +20,7 @@ from .steps import loss_function, sam1_losses, sam2_losses, sam2_train_view
 DEFAULTS = {
     "trainable": "all", "lora_rank": 4, "lr": 1e-4, "weight_decay": 0.01, "seed": 0, "steps": 1000,
     "warmup": 0.05, "sequence": (4, 8), "p_sequence": 0.5, "max_objects": 8, "corrections": 3,
-    "crop": (32, 512), "clip": 0.1, "loss_weights": None,
+    "crop": (32, 512), "clip": 0.1, "loss_weights": None, "focal_alpha": 0.25,
 }
 """Options of :class:`Trainer` (all stored in the resumable state). ``steps``: the run's
 length (the learning rate warms up over its first ``warmup`` fraction, then decays on a
@@ -28,7 +28,9 @@ cosine to a tenth); ``sequence``: slices per SAM 2 sequence (min, max); ``p_sequ
 share of SAM 2 steps on a sequence rather than one slice; ``corrections``: correction
 clicks per corrected slice; ``crop``: side of the random crops (min, max) in pixels;
 ``clip``: gradient-norm clip (sam2's 0.1); ``loss_weights``: changes to SAM 2's
-``{"loss_mask": 20, "loss_dice": 1, "loss_iou": 1, "loss_class": 1}`` (focal, dice, IoU, object score)."""
+``{"loss_mask": 20, "loss_dice": 1, "loss_iou": 1, "loss_class": 1}`` (focal, dice, IoU, object score);
+``focal_alpha``: weight of foreground pixels in the focal loss (SAM's 0.25; higher for a model from scratch
+that predicts all background)."""
 
 
 class Trainer:
@@ -61,7 +63,7 @@ class Trainer:
         self.model = LoadedModel(self.family, module, model.device, model.name, "training:" + model.identity,
                                  extra=dict(model.extra))
         self.module = module
-        self.loss_fn = loss_function(self.family, opts["loss_weights"])
+        self.loss_fn = loss_function(self.family, opts["loss_weights"], opts["focal_alpha"])
         self.view = sam2_train_view(module, opts["corrections"], opts["seed"]) if self.family == "sam2" else None
         self.optimizer = torch.optim.AdamW(self.params, lr=float(opts["lr"]), weight_decay=float(opts["weight_decay"]))
         self.step_count = 0
