@@ -69,7 +69,7 @@ def run_demo(args) -> int:
 
     manifest = _manifest()
     viewer = napari.Viewer(title="napari-sam-stack demo")
-    viewer.open_sample(PLUGIN, manifest.contributions.sample_data[0].key)
+    synthetic = list(viewer.open_sample(PLUGIN, manifest.contributions.sample_data[0].key))
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, manifest.contributions.widgets[0].display_name)
     if args.device:
         widget.device_combo.setCurrentText(args.device)
@@ -90,6 +90,8 @@ def run_demo(args) -> int:
         if hint and not _reachable(model_spec(args.model).url):  # offline: the shipped nuclei model instead
             hint = f"{args.model} cannot be downloaded here (offline): using the shipped {OFFLINE_MODEL} model."
             args.model = OFFLINE_MODEL
+            for layer in synthetic:  # the nuclei model is shown on real nuclei, not over the synthetic stack
+                viewer.layers.remove(layer)
             viewer.open_sample(PLUGIN, manifest.contributions.sample_data[-1].key)  # real stardist nuclei
         if hint:
             print(hint, file=sys.stderr)
