@@ -75,3 +75,7 @@ class ProjectError(SamStackError, ValueError):
 
 class AutomaticError(SamStackError, ValueError):
     """Segment-everything parameters out of range or of the wrong type, or key slices that do not fit."""
+
+
+class TrainingError(SamStackError, ValueError):
+    """Training options or data that cannot be used, or a training state that does not fit."""

@@ -8,7 +8,8 @@
 See docs/finetune.md.
 """
 
-from .adapters import TRAINABLE, TrainingError
+from ..errors import TrainingError
+from .adapters import TRAINABLE
 from .cli import add_cli
 from .data import Sample, TrainingData
 from .trainer import DEFAULTS, Trainer, train

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import SamStackError
-
-
-class TrainingError(SamStackError, ValueError):
-    """Training options or data that cannot be used."""
+from ..errors import TrainingError
 
 TRAINABLE = ("all", "decoder", "decoder+memory", "lora")
 """Choices for ``trainable``: every weight; the prompt encoder and mask decoder; (SAM 2)

@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .adapters import TrainingError, merged_state_dict
+from ..errors import TrainingError
+from .adapters import merged_state_dict
 
 STATE_FORMAT = "napari-sam-stack-train/1"
 

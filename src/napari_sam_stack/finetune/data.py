@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ImageError
-from .adapters import TrainingError
+from ..errors import ImageError, TrainingError
 from ..normalise import Frames
 
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..models import LoadedModel
 from . import checkpoint as ck
-from .adapters import TRAINABLE, TrainingError, set_trainable
+from ..errors import TrainingError
+from .adapters import TRAINABLE, set_trainable
 from .data import TrainingData, to_model_input
 from .steps import loss_function, sam1_losses, sam2_losses, sam2_train_view
 
