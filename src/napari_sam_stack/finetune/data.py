@@ -78,8 +78,12 @@ class TrainingData:
                     yield i, -1
 
     def sample(self, rng: np.random.Generator, *, frames: int = 1, max_objects: int = 8,
-               min_crop: int = 32, max_crop: int = 512) -> Sample:
-        """A random crop of one slice (``frames=1``) or of ``frames`` consecutive slices."""
+               min_crop: int = 32, max_crop: int = 512, flips: bool = False) -> Sample:
+        """A random crop of one slice (``frames=1``) or of ``frames`` consecutive slices.
+
+        ``flips``: also mirror the crop (rows, columns) and swap its axes at random, the same
+        for every slice of a sequence: 8 views of each crop (SAM 2 trains with random flips).
+        """
         if frames > 1:  # a window of consecutive slices whose first slice (in the direction of travel) has labels
             windows = [(k, i, d) for k in self.stacks for i, d in self._windows(k, frames)]
             if not windows:
@@ -103,10 +107,24 @@ class TrainingData:
                 break
         ids = rng.permutation(ids)[:max_objects]
         crop = lab[idx][:, r:r + ch, c:c + cw]
-        return Sample(
+        sample = Sample(
             frames=np.stack([images[i][r:r + ch, c:c + cw] for i in idx]),
             masks=crop[:, None] == ids[None, :, None, None],
         )
+        return _flipped(sample, rng) if flips else sample
+
+
+def _flipped(sample: Sample, rng: np.random.Generator) -> Sample:
+    """``sample`` mirrored along rows and/or columns and possibly transposed (one of 8 views)."""
+    frames, masks = sample.frames, sample.masks  # (T, Y, X, 3), (T, O, Y, X)
+    flip_rows, flip_cols, swap = (bool(v) for v in rng.integers(0, 2, size=3))
+    if flip_rows:
+        frames, masks = frames[:, ::-1], masks[:, :, ::-1]
+    if flip_cols:
+        frames, masks = frames[:, :, ::-1], masks[..., ::-1]
+    if swap:
+        frames, masks = frames.transpose(0, 2, 1, 3), masks.transpose(0, 1, 3, 2)
+    return Sample(frames=np.ascontiguousarray(frames), masks=np.ascontiguousarray(masks))
 
 
 def to_model_input(model, sample: Sample) -> tuple[Any, Any]:
