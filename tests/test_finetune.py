@@ -223,4 +223,16 @@ def test_quality_benchmark_runs_on_a_subset():
     spec = importlib.util.spec_from_file_location("eval_quality", ROOT / "benchmarks" / "eval_quality.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--subset", "1", "--no-write", "--no-automatic"]) == 0
+    assert mod.main(["--subset", "1", "--no-write", "--points-per-side", "4"]) == 0
+
+
+def test_training_script_runs_both_phases(tmp_path):
+    """scripts/train_nuclei.py end to end for a few steps: phase 1 (images), phase 2 (video), a loadable result."""
+    spec = importlib.util.spec_from_file_location("train_nuclei", ROOT / "scripts" / "train_nuclei.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "micro.pt"
+    assert mod.main(["--steps", "2", "--video-steps", "2", "--out", str(out), "--save-every", "0"]) == 0
+    assert (tmp_path / "micro.pt.state.images.pt").exists() and (tmp_path / "micro.pt.state.video").exists()
+    model = load_model(checkpoint=out, config=out.with_suffix(".yaml"), device="cpu")
+    assert model.family == "sam2"
