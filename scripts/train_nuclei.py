@@ -20,11 +20,18 @@ pixels a click or a box corner lies on. With independent random q/k projections 
 to be learned first; no such run learned it within its budget (one prompt-independent output,
 Dice at the random floor; docs/finetune.md has the runs).
 
-Recipe (the defaults; the shipped weights are one invocation of this script): AdamW, lr 3e-4
-(warm-up 3 %, cosine to a tenth; at 1e-3 and above this post-norm decoder stalls), SAM 2's losses
-and weights (focal 20 with alpha 0.25, dice 1, IoU 1, object score 1), 4 nuclei per sample, 1
-correction click, crops of 96-256 px, 15 % of the steps on 4-6 slice sequences of the training
-stack (memory attention), slices drawn in proportion to their area, 2 threads.
+Recipe (the defaults; the shipped weights are one invocation of this script), in two phases like
+SAM 2's image pre-training followed by joint image + video training:
+  1. images: 5400 steps, 10 % of them on 4-8 slice sequences of the training stack, AdamW lr 3e-4
+     (warm-up 3 %, cosine to a tenth; at 1e-3 and above this post-norm decoder stalls), SAM 2's loss
+     weights (focal 20 with alpha 0.25, dice 1, IoU 1, object score 1);
+  2. video: 600 steps from phase 1's weights, half of them on sequences, lr 1e-4, object-score loss
+     weight 30. After phase 1 a propagated nucleus is segmented well on its own slices but never
+     ends: the object-score head says "present" on every slice. The heavier object-score loss
+     teaches it to stop (docs/finetune.md has the measurements).
+Both: 4 nuclei per sample, 1 correction click, crops of 96-256 px mirrored/transposed at random,
+slices drawn in proportion to their area, 2 threads. About 27 minutes on a 2-core AVX-512 CPU (the
+s/step lines print the estimate for the machine at hand; an AVX2-only CPU is ~3x slower).
 """
 
 from __future__ import annotations
@@ -105,15 +112,20 @@ def random_micro_model(folder: Path, seed: int, qk_gain: float = 3.0):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=9000)
+    p.add_argument("--steps", type=int, default=5400, help="phase 1 (images) steps")
+    p.add_argument("--video-steps", type=int, default=600, help="phase 2 (video) steps (0: phase 1 only)")
     p.add_argument("--out", default=str(DATA / "nss_nuclei_micro.pt"))
     p.add_argument("--state", default=None, help="resumable state (default: <out>.state, not shipped)")
-    p.add_argument("--resume", action="store_true", help="continue from --state")
+    p.add_argument("--resume", action="store_true", help="continue from --state (and its phase-2 state)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=3e-4, help="phase 1 learning rate")
+    p.add_argument("--video-lr", type=float, default=1e-4, help="phase 2 learning rate")
     p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--p-sequence", type=float, default=0.15, help="share of steps on 4-6 slice sequences")
+    p.add_argument("--p-sequence", type=float, default=0.1, help="share of phase 1 steps on 4-8 slice sequences")
+    p.add_argument("--video-p-sequence", type=float, default=0.5, help="share of phase 2 steps on sequences")
+    p.add_argument("--video-class-weight", type=float, default=30.0,
+                   help="phase 2 weight of the object-score loss (SAM 2's 1): teaches propagation to stop")
     p.add_argument("--max-objects", type=int, default=4, help="nuclei per sample")
     p.add_argument("--focal-weight", type=float, default=20.0, help="weight of the focal loss (SAM 2's 20)")
     p.add_argument("--focal-alpha", type=float, default=0.25, help="foreground weight in the focal loss (SAM's 0.25)")
@@ -122,42 +134,64 @@ def main(argv=None) -> int:
                    help="decoder cross-attention keys start equal to the queries, scaled by this (0: plain random init)")
     p.add_argument("--corrections", type=int, default=1, help="correction clicks per corrected slice (>= 1)")
     p.add_argument("--min-crop", type=int, default=96, help="smallest training crop side (px; the largest is 256)")
+    p.add_argument("--no-flips", action="store_true", help="no random mirroring / transposition of the crops")
     args = p.parse_args(argv)
 
     import tempfile
 
     import torch
 
-    from napari_sam_stack.finetune import Trainer, TrainingData
+    from napari_sam_stack import load_model
+    from napari_sam_stack.finetune import TrainingData
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     state = Path(args.state) if args.state else out.with_name(out.name + ".state")
-    model = random_micro_model(Path(tempfile.mkdtemp(prefix="nss-micro-")), args.seed, args.qk_gain)
+    images_out = state.with_name(state.name + ".images.pt")  # phase 1's weights (input of phase 2, not shipped)
     data = TrainingData(training_pairs())
-    changes = dict(steps=args.steps, p_sequence=args.p_sequence, max_objects=args.max_objects, lr=args.lr,
-                   loss_weights={"loss_mask": args.focal_weight, "loss_dice": args.dice_weight},
-                   focal_alpha=args.focal_alpha, corrections=args.corrections, crop=(args.min_crop, 256))
-    options = dict(seed=args.seed, trainable="all", sequence=(4, 6), warmup=0.03, **changes)
-    trainer = Trainer.resume(state, model, data, **changes) if args.resume else Trainer(model, data, **options)
-    n = sum(p.numel() for p in trainer.module.parameters())
-    print(f"micro SAM 2: {n / 1e6:.2f} M parameters; {args.steps} steps; threads={args.threads}", flush=True)
-    t0, last = time.perf_counter(), [time.perf_counter()]
+    common = dict(max_objects=args.max_objects, focal_alpha=args.focal_alpha, corrections=args.corrections,
+                  loss_weights={"loss_mask": args.focal_weight, "loss_dice": args.dice_weight},
+                  crop=(args.min_crop, 256), flips=not args.no_flips, sequence=(4, 8), trainable="all", warmup=0.03)
+    t0 = time.perf_counter()
+    model = random_micro_model(Path(tempfile.mkdtemp(prefix="nss-micro-")), args.seed, args.qk_gain)
+    n = sum(p.numel() for p in model.module.parameters())
+    print(f"micro SAM 2: {n / 1e6:.2f} M parameters; {args.steps} + {args.video_steps} steps; "
+          f"threads={args.threads}", flush=True)
+    last = images_out if args.video_steps else out
+    done = run_phase("images", model, data, last, state, args.resume, args.save_every,
+              dict(common, seed=args.seed, steps=args.steps, lr=args.lr, p_sequence=args.p_sequence))
+    if args.video_steps:
+        model = load_model(checkpoint=images_out, config=images_out.with_suffix(".yaml"), device="cpu")
+        # phase 2 resumes only if phase 1 did nothing now (new phase-1 weights start phase 2 afresh)
+        run_phase("video", model, data, out, state.with_name(state.name + ".video"), args.resume and not done,
+                  args.save_every,
+                  dict(common, seed=args.seed + 1, steps=args.video_steps, lr=args.video_lr,
+                       p_sequence=args.video_p_sequence,
+                       loss_weights={**common["loss_weights"], "loss_class": args.video_class_weight}))
+    took = time.perf_counter() - t0
+    print(f"done in {took / 60:.1f} min; wrote {out} and {out.with_suffix('.yaml')}", flush=True)
+    return 0
+
+
+def run_phase(name, model, data, out: Path, state: Path, resume: bool, save_every: int, options: dict) -> int:
+    """One Trainer run (resumed from ``state`` when asked and present), writing ``out`` at the end; steps done."""
+    from napari_sam_stack.finetune import Trainer
+
+    changes = {k: options[k] for k in ("steps",)}
+    trainer = Trainer.resume(state, model, data, **changes) if resume and state.exists() else Trainer(model, data, **options)
+    start, t0 = trainer.step_count, time.perf_counter()
 
     def progress(step, total, loss):
-        now = time.perf_counter()
         if step % 10 == 0 or step == total:
-            per = (now - t0) / max(1, step - start)
-            print(f"step {step}/{total} loss {loss:.4f} ({per:.2f} s/step, {(total - step) * per / 60:.1f} min left)",
-                  flush=True)
-        last[0] = now
+            per = (time.perf_counter() - t0) / max(1, step - start)
+            print(f"{name} step {step}/{total} loss {loss:.4f} ({per:.2f} s/step, {(total - step) * per / 60:.1f} min "
+                  "left in this phase)", flush=True)
 
-    start = trainer.step_count
-    trainer.fit(progress, out=out, state=state, save_every=args.save_every)
+    trainer.fit(progress, out=out, state=state, save_every=save_every)
     took = time.perf_counter() - t0
-    print(f"done: {trainer.step_count - start} steps in {took / 60:.1f} min "
-          f"({took / max(1, trainer.step_count - start):.2f} s/step); wrote {out} and {out.with_suffix('.yaml')}")
-    return 0
+    print(f"{name}: {trainer.step_count - start} steps in {took / 60:.1f} min "
+          f"({took / max(1, trainer.step_count - start):.2f} s/step)", flush=True)
+    return trainer.step_count - start
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ for _spec in (
     # Ours: a 3.7 M-parameter SAM 2 trained from random init by scripts/train_nuclei.py on the stardist
     # nuclei test images (BSD-3-Clause, see data/LICENSE-stardist.txt); the weights are BSD-3-Clause like
     # this package. Shipped in the package (offline); 256 px input.
-    ModelSpec("nss_nuclei_micro", "sam2", "", "cadd216a96d86ed75c1efe5eaa7fd37be7c0ec9f67491e687070c443e31ef8d7", 14786261,
+    ModelSpec("nss_nuclei_micro", "sam2", "", "449cf10468f5a50613bb46c55e9b42c76355febbce0833998184bf63c2bd2d4d", 14786261,
               config=str(_DATA / "nss_nuclei_micro.yaml"), bundled="nss_nuclei_micro.pt"),
 ):
     register_model(_spec)
