@@ -30,7 +30,7 @@ SAM 2's image pre-training followed by joint image + video training:
      ends: the object-score head says "present" on every slice. The heavier object-score loss
      teaches it to stop (docs/finetune.md has the measurements).
 Both: 4 nuclei per sample, 1 correction click, crops of 96-256 px mirrored/transposed at random,
-slices drawn in proportion to their area, 2 threads. 26.1 minutes measured on a 2-core AVX-512 CPU (the
+slices drawn in proportion to their area, 2 threads. 26.1 and 29.6 minutes measured on 2-core AVX-512 CPUs (the
 s/step lines print the estimate for the machine at hand; an AVX2-only CPU is ~3x slower).
 """
 
