@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import struct
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -84,7 +85,9 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
             "(checkpoints are read with torch.load(weights_only=True)). If you trust its source, re-save it "
             "as a plain state dict: torch.save(model.state_dict(), 'weights.pt')."
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    # random bytes can make torch's weights-only unpickler fail in many ways (IndexError: pop from empty list, ...)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError, UnicodeDecodeError, struct.error) as e:
         raise CheckpointError(
             f"{path} ({path.stat().st_size} bytes) is truncated or corrupt and cannot be read "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}). "
