@@ -217,6 +217,43 @@ def test_commit_overlaps_go_to_the_highest_logit():
     assert np.array_equal(labels[0], want)
 
 
+def test_commit_overlaps_go_to_the_object_prompted_nearest():
+    """A track that drifted onto its neighbour (prompted 3 slices away, high logit) loses the pixels
+    to the neighbour prompted on this slice; as near, the highest logit decides again."""
+    shape = (6, 8)
+    la = np.full(shape, -1.0, np.float32)
+    lb = np.full(shape, -1.0, np.float32)
+    la[:, :6] = 9.0  # a: strong, covers cols 0..5
+    lb[:, 3:] = 1.0  # b: weak, covers 3..7
+    sa, sb = MaskStack(shape), MaskStack(shape)
+    for z in (0, 1):
+        sa.set(z, confidence(la))
+        sb.set(z, confidence(lb))
+    labels = np.zeros((2, *shape), np.uint32)
+    edit = commit_edit(labels, {1: sa, 2: sb}, anchors={1: [4], 2: [1]})
+    labels[edit.indices] = edit.values
+    assert (labels[1, :, 3:] == 2).all() and (labels[1, :, :3] == 1).all()  # slice 1: b prompted here wins
+    assert (labels[0, :, 3:6] == 2).all()  # slice 0: b 1 away, a 4 away
+    edit = commit_edit(np.zeros((2, *shape), np.uint32), {1: sa, 2: sb}, anchors={1: [1], 2: [1]})
+    assert set(np.unique(edit.values[(edit.indices[2] >= 3) & (edit.indices[2] < 6)])) == {1}  # as near: logit
+
+
+def test_preview_and_commit_use_the_prompt_distance(stack, sam2_model):
+    a = new(stack, sam2_model)
+    shape = (48, 64)
+    p, q = a.new_object(), a.new_object()
+    a.add_prompt(p, 0, mask=rect(shape, 0, 20, 0, 20))
+    a.add_prompt(q, 3, mask=rect(shape, 10, 30, 10, 30))
+    for z in (1, 2):  # both tracks reach slices 1 and 2 (as propagation would leave them)
+        a.objects[p].masks.set(z, confidence(np.where(rect(shape, 0, 20, 0, 20), 9.0, -1.0)))
+        a.objects[q].masks.set(z, confidence(np.where(rect(shape, 10, 30, 10, 30), 1.0, -1.0)))
+    assert a.anchors([p, q]) == {p: [0], q: [3]}
+    assert (a.preview_labels(1)[10:20, 10:20] == p).all()  # p prompted 1 away, q 2 away
+    assert (a.preview_labels(2)[10:20, 10:20] == q).all()  # q 1 away: wins over p's higher logit
+    a.commit()
+    assert (a.labels[1, 10:20, 10:20] == p).all() and (a.labels[2, 10:20, 10:20] == q).all()
+
+
 def test_bad_inputs_raise_and_leave_labels_untouched(stack, sam2_model):
     a = new(stack, sam2_model)
     i = a.new_object()

@@ -131,23 +131,28 @@ def test_each_pair_yielded_once_and_progress_counts_pairs(four):
     assert done == sorted(done) and calls[-1] == (40, 40) and all(t == 40 for _, t in calls)
 
 
-def test_propagate_labels_highest_positive_logit_uint32(four):
+def test_propagate_labels_nearest_prompt_then_highest_logit_uint32(four):
     logits = _ours(four)
+    anchors = {o: sorted(p) for o, p in four.prompts.items()}
     labels = four.propagate()
     assert labels.dtype == np.uint32 and labels.shape == four.shape
     for i in range(10):
-        np.testing.assert_array_equal(labels[i], labels_from_logits(logits[i], (H, W)))
+        np.testing.assert_array_equal(labels[i], labels_from_logits(logits[i], (H, W), index=i, anchors=anchors))
     # random weights give few positive logits: shift them so objects overlap and compete
     shifted = {i: {o: v + 0.5 for o, v in by.items()} for i, by in logits.items()}
-    expect = np.stack([labels_from_logits(shifted[i], (H, W)) for i in range(10)])
+    expect = np.stack([labels_from_logits(shifted[i], (H, W), index=i, anchors=anchors) for i in range(10)])
     assert len(np.unique(expect)) > 2
-    from napari_sam_stack.session import _merge_logits
+    for i in range(10):  # wherever objects overlap, the one prompted nearest to the slice holds the pixel
+        near = min(anchors, key=lambda o: (abs(i - anchors[o][0]), o))
+        overlap = (np.stack(list(shifted[i].values())) > 0).sum(0) > 1
+        assert (expect[i][overlap & (shifted[i][near] > 0)] == near).all()
+    from napari_sam_stack.session import _fresh, _merge_logits
 
     got = np.zeros_like(expect)
     wins = {}
     for index, by in four.iter_propagate():  # the stream's order, merged as propagate() does
-        _merge_logits(got[index], wins.setdefault(index, np.zeros((H, W), np.float32)),
-                      {o: v + 0.5 for o, v in by.items()})
+        _merge_logits(got[index], wins.setdefault(index, _fresh((H, W))), {o: v + 0.5 for o, v in by.items()},
+                      index, anchors)
     np.testing.assert_array_equal(got, expect)
 
 

@@ -24,6 +24,22 @@ def test_labels_from_logits_highest_positive_logit_wins():
     assert not labels_from_logits({}, (2, 3)).any()
 
 
+def test_labels_from_logits_nearest_prompt_wins_overlaps():
+    """Where two tracks claim a pixel, the object prompted nearer the slice wins, whatever its logit;
+    equally near objects fall back to the highest logit."""
+    a = np.array([[2.0, -1.0, 0.5], [-3.0, 1.0, 4.0]], np.float32)
+    b = np.array([[1.0, -2.0, 3.0], [-1.0, 2.0, -5.0]], np.float32)
+    # slice 5: object 3 was prompted on slice 4 (1 away), object 7 on slice 9 (4 away)
+    out = labels_from_logits({3: a, 7: b}, a.shape, index=5, anchors={3: [4], 7: [9, 0]})
+    np.testing.assert_array_equal(out, [[3, 0, 3], [0, 3, 3]])
+    # on slice 8 object 7 (prompted on 9) is nearer
+    out = labels_from_logits({3: a, 7: b}, a.shape, index=8, anchors={3: [4], 7: [9, 0]})
+    np.testing.assert_array_equal(out, [[7, 0, 7], [0, 7, 3]])
+    # equally near: highest logit, as without anchors
+    out = labels_from_logits({3: a, 7: b}, a.shape, index=5, anchors={3: [3], 7: [7]})
+    np.testing.assert_array_equal(out, labels_from_logits({3: a, 7: b}, a.shape))
+
+
 @pytest.fixture(scope="module")
 def nuclei3d():
     return tifffile.imread(DATA / "img3d.tif"), tifffile.imread(DATA / "mask3d.tif")

@@ -3,8 +3,8 @@
 A mask is kept as the bounding-box crop of a uint8 *confidence*: 0 outside the mask,
 1..255 inside = the logit quantised to 1/8 (``ceil(logit * 8)``, capped at 255; SAM 2's
 logits are clamped to +-32). One byte per pixel of the crop holds both the mask
-(``logits > 0``) and what decides overlaps between objects committed together (the
-highest logit wins), so 500 objects x 500 slices cost their objects' extents, not
+(``logits > 0``) and what decides overlaps between objects committed together (after the
+nearest prompt, the highest logit wins), so 500 objects x 500 slices cost their objects' extents, not
 500 x 500 full slices.
 """
 
@@ -220,20 +220,33 @@ def labels_state(labels: np.ndarray, stacks: dict[int, MaskStack]) -> tuple[set[
     return present, differ
 
 
-def winners(shape, index: int, stacks: dict[int, MaskStack], dtype=np.uint32):
-    """On slice ``index``: the highest confidence of ``stacks`` (obj id -> masks) per pixel, and
-    whose it is (0 where none; ties go to the first in ``stacks``' order)."""
+def prompt_distance(anchors, obj: int, index: int) -> int:
+    """Slices from ``index`` to the nearest of ``anchors[obj]`` (the object's prompted slices);
+    0 when ``anchors`` is None or the object has none (its masks count as given)."""
+    near = anchors.get(obj) if anchors else None
+    return min(abs(int(index) - int(a)) for a in near) if near else 0
+
+
+def winners(shape, index: int, stacks: dict[int, MaskStack], dtype=np.uint32, anchors=None):
+    """On slice ``index``: per pixel, which of ``stacks`` (obj id -> masks) wins, and its confidence
+    (0 where none). The overlap rule: the object prompted nearest to ``index`` (``anchors``: obj id ->
+    its prompted slices, see :func:`prompt_distance`), then the highest confidence, then the first in
+    ``stacks``' order. Propagated masks drift with distance from their prompts, so where two tracks
+    claim a pixel the one prompted nearer is the better claim (docs/annotation.md)."""
     best = np.zeros(shape, np.uint8)
     who = np.zeros(shape, dtype)
+    near = np.full(shape, np.iinfo(np.int64).max, np.int64)
     for o, stack in stacks.items():
         c = stack.crop(index)
         if c is None:
             continue
         r0, c0, crop = c
         win = (slice(r0, r0 + crop.shape[0]), slice(c0, c0 + crop.shape[1]))
-        better = crop > best[win]
+        d = prompt_distance(anchors, o, index)
+        better = (crop > 0) & ((d < near[win]) | ((d == near[win]) & (crop > best[win])))
         best[win][better] = crop[better]
         who[win][better] = o
+        near[win][better] = d
     return best, who
 
 
@@ -245,12 +258,13 @@ def _edit(parts, dtype, obj_ids) -> LabelsEdit:
     return LabelsEdit((z, r, c), v.astype(dtype), o.astype(dtype), tuple(obj_ids))
 
 
-def commit_edit(labels: np.ndarray, stacks: dict[int, MaskStack], overwrite: bool = False) -> LabelsEdit:
+def commit_edit(labels: np.ndarray, stacks: dict[int, MaskStack], overwrite: bool = False,
+                anchors=None) -> LabelsEdit:
     """The edit that writes ``stacks`` (obj id -> masks) into ``labels``.
 
     Each object's previous pixels are cleared first (a re-commit replaces exactly them);
-    where the objects overlap each other the highest confidence wins (ties: the first
-    in ``stacks``' order); pixels of any other label stay unless ``overwrite``.
+    where the objects overlap each other :func:`winners` decides (nearest prompt, then highest
+    confidence); pixels of any other label stay unless ``overwrite``.
     """
     ids = list(stacks)
     slices = set().union(*(s.slices() for s in stacks.values())) if stacks else set()
@@ -262,7 +276,7 @@ def commit_edit(labels: np.ndarray, stacks: dict[int, MaskStack], overwrite: boo
         new = old.copy()
         new[mine] = 0
         if touched:
-            best, who = winners(old.shape, z, stacks, labels.dtype)
+            best, who = winners(old.shape, z, stacks, labels.dtype, anchors)
             fg = best > 0
             if not overwrite:
                 fg &= new == 0

@@ -74,11 +74,12 @@ class PropagationRun:
     def __iter__(self):
         wanted = self.results
         shape = self.annotation.session.frames.frame_shape
+        anchors = self.annotation.anchors(wanted)
         for index, logits in self._frames:
             for o, value in logits.items():
                 if o in wanted:
                     wanted[o].set(index, confidence(value))
-            yield index, winners(shape, index, wanted)[1]
+            yield index, winners(shape, index, wanted, anchors=anchors)[1]
         self.finished = True
 
     def apply(self) -> list[int]:

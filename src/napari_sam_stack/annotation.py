@@ -283,7 +283,8 @@ class Annotation(Persistence):
         Default: every object not committed or edited since, that has a mask. Overlap rule:
         never overwrites pixels of another label unless ``overwrite=True``; re-committing an
         object replaces exactly its previous pixels; among the objects of one commit each
-        pixel goes to the highest logit. Autosaves afterwards (when enabled).
+        pixel goes to the object prompted nearest to its slice, then to the highest logit
+        (propagated masks drift with distance from their prompts). Autosaves afterwards (when enabled).
         """
         overwrite = flag(overwrite, "overwrite", error=AnnotationError)
         if obj_ids is None:
@@ -296,7 +297,8 @@ class Annotation(Persistence):
                 if not len(self.objects[o].masks):
                     raise AnnotationError(f"object {o} has no mask to commit (add a prompt or propagate; "
                                           "a.delete(i) removes its pixels)")
-        edit = commit_edit(self.labels, {o: self.objects[o].masks for o in ids}, overwrite=overwrite)
+        edit = commit_edit(self.labels, {o: self.objects[o].masks for o in ids}, overwrite=overwrite,
+                           anchors=self.anchors(ids))
         self._write(edit)
         written = set(np.unique(edit.values).tolist())
         for o in ids:
@@ -354,7 +356,7 @@ class Annotation(Persistence):
 
     def preview_labels(self, index, obj_ids=None) -> np.ndarray:
         """(Y, X) uint32: the masks on slice ``index`` of the objects not committed (or edited
-        since), or of ``obj_ids``; overlaps go to the highest logit."""
+        since), or of ``obj_ids``; overlaps as in :meth:`commit` (nearest prompt, then highest logit)."""
         i = self.session._index(index)
         if obj_ids is None:
             stacks = [o.masks for o in self.objects.values() if o.status != Status.COMMITTED]
@@ -362,7 +364,11 @@ class Annotation(Persistence):
         else:
             ids = [self._object(o).id for o in check_ids(obj_ids)]
             stacks = [self.objects[o].masks for o in ids]
-        return winners(self.session.frames.frame_shape, i, dict(zip(ids, stacks)))[1]
+        return winners(self.session.frames.frame_shape, i, dict(zip(ids, stacks)), anchors=self.anchors(ids))[1]
+
+    def anchors(self, obj_ids) -> dict[int, list[int]]:
+        """``{obj_id: its prompted slices}``: what decides overlaps between objects (:meth:`commit`)."""
+        return {o: self.objects[o].prompted() for o in obj_ids if o in self.objects}
 
     def add_automatic(self, key_slices=None, **params):
         """Objects from segment-everything on ``key_slices`` (see :mod:`napari_sam_stack.automatic`)."""

@@ -189,44 +189,55 @@ class Session:
                   max_absent: int | None = None, obj_ids=None, max_batch: int = 16) -> np.ndarray:
         """Propagate and return (N, Y, X) uint32 labels (0 = background).
 
-        Each pixel goes to the object with the highest positive logit there
-        (:func:`labels_from_logits`, over every object that reached the slice). Slices
-        outside the range or never reached stay 0. A cancelled run raises
-        :class:`~napari_sam_stack.errors.Cancelled` and returns nothing partial.
-        Besides the labels, the winning logit is kept for slices that objects still have
-        ahead of them (at most one float32 array of the labels' size).
+        Where objects overlap, a pixel goes to the object prompted nearest to its slice,
+        then to the highest positive logit (:func:`labels_from_logits`, over every object
+        that reached the slice). Slices outside the range or never reached stay 0. A
+        cancelled run raises :class:`~napari_sam_stack.errors.Cancelled` and returns nothing
+        partial. Besides the labels, the winner's logit and prompt distance are kept for
+        slices that objects still have ahead of them (at most two arrays of the labels' size).
         """
         run = self._propagation(start, stop, max_absent, obj_ids, max_batch)
+        anchors = {o: sorted(p) for o, p in self.prompts.items()}
         labels = np.zeros(self.shape, dtype=np.uint32)
-        best: dict[int, np.ndarray] = {}  # slice -> winning logit so far, while objects may still come
+        best: dict[int, tuple] = {}  # slice -> (winning logit, its prompt distance) so far, while objects may come
         for index, logits in run.run(progress=progress, cancel=cancel):
-            win = best.pop(index, None)
-            if win is None:
-                win = np.zeros(self.frames.frame_shape, np.float32)
-            _merge_logits(labels[index], win, logits)
+            win = best.pop(index, None) or _fresh(self.frames.frame_shape)
+            _merge_logits(labels[index], win, logits, index, anchors)
             if run.will_yield(index):
                 best[index] = win
         return labels
 
 
-def labels_from_logits(logits_by_obj: dict[int, np.ndarray], shape, dtype=np.uint32) -> np.ndarray:
-    """One slice of labels: each pixel gets the object with the highest positive logit."""
+def labels_from_logits(logits_by_obj: dict[int, np.ndarray], shape, dtype=np.uint32, *, index: int = 0,
+                       anchors=None) -> np.ndarray:
+    """One slice (``index``) of labels: each pixel gets, among the objects with a positive logit
+    there, the one prompted nearest to ``index`` (``anchors``: obj id -> prompted slices; none:
+    all equal), then the one with the highest logit (ties: the earlier object)."""
     out = np.zeros(shape, dtype)
     if logits_by_obj:
-        _merge_logits(out, np.zeros(shape, np.float32), logits_by_obj)
+        _merge_logits(out, _fresh(shape), logits_by_obj, index, anchors)
     return out
 
 
-def _merge_logits(labels: np.ndarray, win: np.ndarray, logits_by_obj: dict[int, np.ndarray]) -> None:
-    """Give each pixel of ``labels`` (in place) to the object whose logit beats ``win`` there: the
-    highest positive logit so far (updated in place; zeros for a fresh slice). Ties: the earlier object."""
-    ids = np.array(list(logits_by_obj), dtype=labels.dtype)
-    stack = np.stack([np.asarray(v, np.float32) for v in logits_by_obj.values()])
-    top = stack.argmax(0)
-    value = np.take_along_axis(stack, top[None], 0)[0]
-    won = value > win
-    labels[won] = ids[top[won]]
-    win[won] = value[won]
+def _fresh(shape) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(shape, np.float32), np.full(shape, np.iinfo(np.int64).max, np.int64)
+
+
+def _merge_logits(labels: np.ndarray, win: tuple, logits_by_obj: dict[int, np.ndarray], index: int = 0,
+                  anchors=None) -> None:
+    """Give each pixel of ``labels`` (in place) to the object that beats ``win`` = (logit, prompt
+    distance) so far there (updated in place): a positive logit, prompted nearer, or as near with a
+    higher logit (ties: the earlier object). The rule of :func:`._masks.winners`, on float logits."""
+    from ._masks import prompt_distance
+
+    value, near = win
+    for o, v in logits_by_obj.items():
+        v = np.asarray(v, np.float32)
+        d = prompt_distance(anchors, o, index)
+        won = (v > 0) & ((d < near) | ((d == near) & (v > value)))
+        labels[won] = o
+        value[won] = v[won]
+        near[won] = d
 
 
 def _in_slice(points, index: int):
