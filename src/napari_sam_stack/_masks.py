@@ -227,6 +227,16 @@ def prompt_distance(anchors, obj: int, index: int) -> int:
     return min(abs(int(index) - int(a)) for a in near) if near else 0
 
 
+FAR = np.iinfo(np.int32).max
+"""The prompt distance of a pixel no object has claimed yet."""
+
+
+def claims(value, dist: int, best, near):
+    """Where an object's ``value`` (confidence or logit) at prompt distance ``dist`` beats the pixel's
+    current winner (``best`` value, ``near`` distance): positive, and prompted nearer or as near and higher."""
+    return (value > 0) & ((dist < near) | ((dist == near) & (value > best)))
+
+
 def winners(shape, index: int, stacks: dict[int, MaskStack], dtype=np.uint32, anchors=None):
     """On slice ``index``: per pixel, which of ``stacks`` (obj id -> masks) wins, and its confidence
     (0 where none). The overlap rule: the object prompted nearest to ``index`` (``anchors``: obj id ->
@@ -235,7 +245,7 @@ def winners(shape, index: int, stacks: dict[int, MaskStack], dtype=np.uint32, an
     claim a pixel the one prompted nearer is the better claim (docs/annotation.md)."""
     best = np.zeros(shape, np.uint8)
     who = np.zeros(shape, dtype)
-    near = np.full(shape, np.iinfo(np.int64).max, np.int64)
+    near = np.full(shape, FAR, np.int32)
     for o, stack in stacks.items():
         c = stack.crop(index)
         if c is None:
@@ -243,7 +253,7 @@ def winners(shape, index: int, stacks: dict[int, MaskStack], dtype=np.uint32, an
         r0, c0, crop = c
         win = (slice(r0, r0 + crop.shape[0]), slice(c0, c0 + crop.shape[1]))
         d = prompt_distance(anchors, o, index)
-        better = (crop > 0) & ((d < near[win]) | ((d == near[win]) & (crop > best[win])))
+        better = claims(crop, d, best[win], near[win])
         best[win][better] = crop[better]
         who[win][better] = o
         near[win][better] = d

@@ -220,7 +220,9 @@ def labels_from_logits(logits_by_obj: dict[int, np.ndarray], shape, dtype=np.uin
 
 
 def _fresh(shape) -> tuple[np.ndarray, np.ndarray]:
-    return np.zeros(shape, np.float32), np.full(shape, np.iinfo(np.int64).max, np.int64)
+    from ._masks import FAR
+
+    return np.zeros(shape, np.float32), np.full(shape, FAR, np.int32)
 
 
 def _merge_logits(labels: np.ndarray, win: tuple, logits_by_obj: dict[int, np.ndarray], index: int = 0,
@@ -228,13 +230,13 @@ def _merge_logits(labels: np.ndarray, win: tuple, logits_by_obj: dict[int, np.nd
     """Give each pixel of ``labels`` (in place) to the object that beats ``win`` = (logit, prompt
     distance) so far there (updated in place): a positive logit, prompted nearer, or as near with a
     higher logit (ties: the earlier object). The rule of :func:`._masks.winners`, on float logits."""
-    from ._masks import prompt_distance
+    from ._masks import claims, prompt_distance
 
     value, near = win
     for o, v in logits_by_obj.items():
         v = np.asarray(v, np.float32)
         d = prompt_distance(anchors, o, index)
-        won = (v > 0) & ((d < near) | ((d == near) & (v > value)))
+        won = claims(v, d, value, near)
         labels[won] = o
         value[won] = v[won]
         near[won] = d
