@@ -287,7 +287,8 @@ def test_time_series_and_4d_behave_the_same(make_widget, sam2_model, stack, kind
 
 
 def test_stop_after_absent_reaches_the_run(make_widget, sam2_model, stack, monkeypatch):
-    """The widget's 'stop after absent' is the run's max_absent (off: None); the range is the spin boxes'."""
+    """The widget's 'stop after absent' is the run's max_absent (1 on an unnamed axis, which counts as z;
+    off: None); the range is the spin boxes'."""
     from napari_sam_stack.annotation import Annotation
 
     seen = []
@@ -307,5 +308,23 @@ def test_stop_after_absent_reaches_the_run(make_widget, sam2_model, stack, monke
     widget.stop_spin.setValue(5)
     widget.propagate_all()
     widget.wait()
-    assert [(k["max_absent"], k["start"], k["stop"]) for k in seen] == [(None, 0, 7), (2, 1, 5)]
+    widget.absent_spin.setValue(0)
+    widget.propagate_all()
+    widget.wait()
+    assert [(k["max_absent"], k["start"], k["stop"]) for k in seen] == [(1, 0, 7), (2, 1, 5), (None, 1, 5)]
     assert "propagated over 5 slice(s)" in widget.status_label.text()
+
+
+def test_stop_after_absent_starts_on_for_z_off_for_t_until_set(make_widget, sam2_model, stack):
+    """A z-stack starts with 'stop after absent' 1 (a nucleus ends), a time series with it off (an object
+    missed on one frame is still there); once the user sets it, changing image or axis keeps their value."""
+    viewer, widget, _ = make_widget(stack, sam2_model, axis_labels=("z", "y", "x"))
+    assert widget.absent_spin.value() == 1
+    movie = viewer.add_image(stack, name="movie", axis_labels=("t", "y", "x"))
+    widget.image_layer = movie
+    assert widget.absent_spin.value() == 0 and widget.absent_spin.text() == "off"
+    widget.image_layer = viewer.layers[0]
+    assert widget.absent_spin.value() == 1
+    widget.absent_spin.setValue(3)  # the user's choice
+    widget.image_layer = movie
+    assert widget.absent_spin.value() == 3

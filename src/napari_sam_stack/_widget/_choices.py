@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._layers import role
 from ._report import reported, reporting
-from ._view import axis_names, default_axis, nonspatial_axes
+from ._view import axis_names, default_axis, default_max_absent, nonspatial_axes
 
 
 class LayerChoices:
@@ -136,6 +136,12 @@ class LayerChoices:
         for spin in (self.start_spin, self.stop_spin):
             spin.setRange(0, n - 1)
         self._reset_range()
+        if not self._absent_chosen:
+            axis = self.axis_combo.currentData()
+            name = None if axis is None else axis_names(layer, self.viewer.dims.axis_labels)[axis]
+            self.absent_spin.blockSignals(True)
+            self.absent_spin.setValue(default_max_absent(name))
+            self.absent_spin.blockSignals(False)
         if self.model is not None:
             self._prompts_changed()  # a new session: previews of the existing prompts are recomputed
 

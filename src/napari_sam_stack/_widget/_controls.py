@@ -169,9 +169,13 @@ class Controls(QWidget):
         self.absent_spin = QSpinBox()
         self.absent_spin.setRange(0, 10000)
         self.absent_spin.setSpecialValueText("off")
+        self.absent_spin.setValue(1)
         self.absent_spin.setToolTip(
             "Stop where the object ends: a direction of propagation stops after this many consecutive slices "
-            "where SAM 2 says the object is absent (off: always run to the end of the range)")
+            "where SAM 2 says the object is absent (off: always run to the end of the range). Starts at 1 on "
+            "a z axis and off on a time axis, until you set it")
+        self._absent_chosen = False  # the user set it: it no longer follows the slice axis
+        self.absent_spin.valueChanged.connect(lambda *_: setattr(self, "_absent_chosen", True))
         form.addRow("object id", self.obj_spin)
         form.addRow("labels layer", self.target_combo)
         form.addRow(self.overwrite_check)
