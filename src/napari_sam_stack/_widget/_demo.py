@@ -48,6 +48,39 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
     return True
 
 
+EXAMPLE_HINT = ("The shipped nuclei model segmented the nucleus under the example click (preview layer). Click on "
+                "any other nucleus, then 'Propagate' to follow it through the stack.")
+
+
+def show_example(viewer, widget, model_name: str) -> tuple[int, int, int]:
+    """Load the shipped model, go to the middle slice and click once on its largest nucleus.
+
+    The click lands at the nucleus's deepest pixel (the farthest from its edge) in the ground truth that ships
+    with the sample; returns that (z, y, x). The preview then shows the model's mask: a new user sees real
+    nuclei segmented before clicking anything.
+    """
+    import numpy as np
+    import tifffile
+    from napari.utils.notifications import show_info
+    from scipy.ndimage import distance_transform_edt
+
+    from ..models import load_model
+    from ._sample import DATA
+
+    device = widget.device_combo.currentText()
+    widget.set_model(load_model(model=model_name, device=None if device == "auto" else device))
+    truth = tifffile.imread(DATA / "mask3d.tif")
+    z = truth.shape[0] // 2
+    ids, areas = np.unique(truth[z][truth[z] > 0], return_counts=True)
+    depth = distance_transform_edt(truth[z] == ids[np.argmax(areas)])
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    viewer.reset_view()
+    viewer.dims.set_current_step(0, z)
+    widget.points_layer.add([[z, y, x]])
+    show_info(EXAMPLE_HINT)
+    return z, int(y), int(x)
+
+
 HEADLESS_HINT = ("on a machine without one, `xvfb-run -a tox -e demo -- --screenshot demo.png` runs it under a "
                  "virtual X server and saves the window as a picture")
 
@@ -90,19 +123,23 @@ def run_demo(args) -> int:
         if hint and not _reachable(model_spec(args.model).url):  # offline: the shipped nuclei model instead
             hint = f"{args.model} cannot be downloaded here (offline): using the shipped {OFFLINE_MODEL} model."
             args.model = OFFLINE_MODEL
-            for layer in synthetic:  # the nuclei model is shown on real nuclei, not over the synthetic stack
-                viewer.layers.remove(layer)
-            viewer.open_sample(PLUGIN, manifest.contributions.sample_data[-1].key)  # real stardist nuclei
         if hint:
             print(hint, file=sys.stderr)
             show_info(hint)
-        widget.model_combo.setCurrentText(args.model)
-        widget.load_model()  # in the background; a failed download shows its message as a notification
+        if model_spec(args.model).bundled:  # on disk already: shown at work on the real nuclei it was trained for
+            for layer in synthetic:
+                viewer.layers.remove(layer)
+            viewer.open_sample(PLUGIN, manifest.contributions.sample_data[-1].key)  # real stardist nuclei
+            show_example(viewer, widget, args.model)
+        else:
+            widget.model_combo.setCurrentText(args.model)
+            widget.load_model()  # in the background; a failed download shows its message as a notification
 
     if args.screenshot:
         from qtpy.QtCore import QTimer
 
         def shoot():
+            widget.wait()  # the example's preview is drawn before the picture is taken
             viewer.screenshot(args.screenshot, canvas_only=False)
             viewer.close()
 
