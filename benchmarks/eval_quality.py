@@ -137,12 +137,12 @@ def eval_3d(model, stack, labels, subset: int | None):
 
 def eval_automatic(model, tiles, points_per_side: int | None = None) -> dict:
     """Instance F1 at IoU 0.5 over both tiles (matches pooled), with the official generators' defaults and with
-    MICROSCOPY (the widget's and ``napari-sam-stack auto``'s defaults)."""
+    the model's own defaults (``automatic.defaults``: what the widget and ``napari-sam-stack auto`` start from)."""
     from napari_sam_stack import Session, automatic
 
     out = {}
     grid = {} if points_per_side is None else {"points_per_side": points_per_side}
-    for name, params in (("official", grid), ("microscopy", {**automatic.MICROSCOPY, **grid})):
+    for name, params in (("official", grid), ("model", {**automatic.defaults(model), **grid})):
         matched = n_gt = n_pred = 0
         for image, labels in tiles:
             with warnings.catch_warnings():
@@ -245,7 +245,8 @@ def markdown(sums: dict, seconds: dict) -> str:
     lines.append("| … share of nuclei reaching Dice 0.9 within 11 clicks | "
                  + " | ".join(f(sums[n]["clicks_reached"], "{:.0%}") for n in names) + " |")
     for key, label in (("official", "the official generators' defaults"),
-                       ("microscopy", "`automatic.MICROSCOPY`, the widget's / CLI's defaults")):
+                       ("model", "the model's defaults (`automatic.defaults`: `MICROSCOPY`, for nss_nuclei_micro "
+                                 "with its registry entry's thresholds), what the widget / CLI start from")):
         lines.append(f"| automatic instances (2D), F1 at IoU 0.5, {label} | "
                      + " | ".join("not measured" if sums[n]["auto_f1"] is None else f(sums[n]["auto_f1"][key])
                                   for n in names) + " |")

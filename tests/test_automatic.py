@@ -359,3 +359,19 @@ def test_run_is_one_call_for_2d_and_3d(annotation):
         automatic.run(annotation.session, key_slices=[3])
     with pytest.raises(AutomaticError):
         automatic.run(annotation, 3, key_slices=[3])
+
+
+def test_defaults_are_microscopy_unless_the_registry_entry_sets_its_own():
+    import dataclasses
+
+    from napari_sam_stack import models
+    from napari_sam_stack.errors import CheckpointError
+
+    assert automatic.defaults(None) == automatic.defaults("sam2.1_hiera_tiny") == automatic.MICROSCOPY
+    micro = automatic.defaults("nss_nuclei_micro")
+    assert micro == {**automatic.MICROSCOPY, **models.model_spec("nss_nuclei_micro").automatic} != automatic.MICROSCOPY
+    automatic.Params.make(**micro)  # valid parameters
+    bad = dataclasses.replace(models.model_spec("nss_nuclei_micro"), name="lab_model", automatic={"pred_iou": 0.5})
+    with pytest.raises(CheckpointError, match="pred_iou"):
+        models.register_model(bad)
+    assert "lab_model" not in models.available_models()

@@ -255,3 +255,30 @@ def test_cache_clear_one_entry(files, common, tmp_path, capsys):
     assert cli.main(["cache", "clear", "nothing-like-it", "--cache-dir", str(cache)]) == 2
     assert cli.main(["cache", "clear", "--cache-dir", str(cache)]) == 0
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == ["keep-me"]
+
+
+def test_auto_starts_from_the_models_own_defaults_and_flags_override_them(tmp_path):
+    """The shipped nuclei model's registry entry carries thresholds of its own: `auto` gives what
+    automatic.generate gives with them, and an explicit flag wins over them."""
+    import warnings
+
+    from napari_sam_stack import automatic, load_model
+    from napari_sam_stack._widget._sample import DATA
+
+    tile = tifffile.imread(DATA / "img2d.tif")[:128, 256:384]
+    path = tmp_path / "tile.tif"
+    tifffile.imwrite(path, tile)
+    model = load_model("nss_nuclei_micro", device="cpu")
+    own = automatic.defaults(model)
+    assert own["multimask"] is False and own["pred_iou_thresh"] < automatic.MICROSCOPY["pred_iou_thresh"]
+    for flags, params in (([], {}), (["--stability-score-thresh", "0.9", "--multimask"],
+                                     {"stability_score_thresh": 0.9, "multimask": True})):
+        out = tmp_path / f"labels{len(flags)}.tif"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", automatic.NothingFoundWarning)
+            assert cli.main(["auto", str(path), "--out", str(out), "--model", "nss_nuclei_micro", "--device", "cpu",
+                             "--points-per-side", "8", *flags]) == 0
+            want, _ = automatic.generate(Session(tile, model, axis=None, in_memory=True), 0,
+                                         **{**own, "points_per_side": 8, **params})
+        np.testing.assert_array_equal(tifffile.imread(out), want)
+    assert tifffile.imread(tmp_path / "labels0.tif").any()  # the model's own thresholds find nuclei

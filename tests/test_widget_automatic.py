@@ -102,3 +102,18 @@ def test_sam1_asked_for_3d_says_so(make_widget, sam1_model, monkeypatch):
     widget.wait()
     assert len(errors) == 1 and "SAM 2" in str(errors[0])
     assert not widget.annotation.objects and panel.run_button.isEnabled()
+
+
+def test_panel_shows_each_models_defaults_but_keeps_what_the_user_set(make_widget, sam2_model, sample):
+    from napari_sam_stack import automatic, load_model
+
+    viewer, widget = make_widget(sample, sam2_model)
+    panel = widget.panels["automatic"]
+    assert panel.params() == {**automatic.MICROSCOPY, "crop_n_layers": 0}
+    micro = automatic.defaults("nss_nuclei_micro")
+    widget.set_model(load_model("nss_nuclei_micro", device="cpu"))
+    assert panel.params() == {**micro, "crop_n_layers": 0}  # its own thresholds, one mask per point
+    assert not panel.multimask_check.isChecked()
+    panel.iou_spin.setValue(0.3)  # the user's own choice
+    widget.set_model(sam2_model)
+    assert panel.params() == {**automatic.MICROSCOPY, "pred_iou_thresh": 0.3, "crop_n_layers": 0}

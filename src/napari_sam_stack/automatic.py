@@ -35,13 +35,27 @@ MICROSCOPY = {
     "box_nms_thresh": 0.7,
     "min_mask_region_area": 25,
     "max_area_fraction": 0.25,
+    "multimask": True,
 }
 """Defaults for fluorescence microscopy (the widget's and ``napari-sam-stack auto``'s): both
 models' predicted IoU at SAM 2's 0.8, stability 0.9 (cells and nuclei have soft edges),
 holes/islands under 25 pixels removed (a nucleus is ~100 pixels and more at usual
 sampling), and masks over a quarter of the slice dropped (SAM's "background" and "whole
 cluster" masks). Chosen by reasoning, not tuned: no pretrained weights on the machines
-this was built on. :func:`generate`'s own defaults are the official generators'."""
+this was built on. :func:`generate`'s own defaults are the official generators'.
+A registered model can carry its own (:func:`defaults`)."""
+
+
+def defaults(model=None) -> dict:
+    """The segment-everything defaults for ``model`` (a :class:`~napari_sam_stack.LoadedModel`, a registry name
+    or None): :data:`MICROSCOPY`, updated by what the model's registry entry sets (``ModelSpec.automatic``,
+    e.g. thresholds that suit a model whose IoU head is less confident). The widget and ``napari-sam-stack auto``
+    start from these."""
+    from .models import available_models, model_spec
+
+    name = model if isinstance(model, str) or model is None else getattr(model, "name", None)
+    own = model_spec(name).automatic if name in available_models() else {}
+    return {**MICROSCOPY, **own}
 
 
 class NothingFoundWarning(UserWarning):

@@ -37,6 +37,7 @@ class ModelSpec:
     config: str | None = None  # SAM 2 config name
     model_type: str | None = None  # SAM 1 encoder type
     bundled: str | None = None  # a file in the package's data folder: no download
+    automatic: dict = field(default_factory=dict, hash=False)  # segment-everything defaults (automatic.defaults)
 
     @property
     def filename(self) -> str:
@@ -52,6 +53,14 @@ def register_model(spec: ModelSpec, *, replace: bool = False) -> None:
         raise CheckpointError(f"register_model needs a ModelSpec, not {type(spec).__name__}")
     if spec.family not in ("sam", "sam2"):
         raise CheckpointError(f"family must be 'sam' or 'sam2', not {spec.family!r}")
+    if spec.automatic:
+        from .automatic import Params
+        from .errors import AutomaticError
+
+        try:
+            Params.make(**spec.automatic)
+        except AutomaticError as e:
+            raise CheckpointError(f"model {spec.name!r}: its segment-everything defaults: {e}") from None
     if spec.name in _REGISTRY and not replace:
         raise CheckpointError(f"model {spec.name!r} is already registered (pass replace=True)")
     _REGISTRY[spec.name] = spec
@@ -80,7 +89,10 @@ for _spec in (
     # nuclei test images (BSD-3-Clause, see data/LICENSE-stardist.txt); the weights are BSD-3-Clause like
     # this package. Shipped in the package (offline); 256 px input.
     ModelSpec("nss_nuclei_micro", "sam2", "", "449cf10468f5a50613bb46c55e9b42c76355febbce0833998184bf63c2bd2d4d", 14786261,
-              config=str(_DATA / "nss_nuclei_micro.yaml"), bundled="nss_nuclei_micro.pt"),
+              config=str(_DATA / "nss_nuclei_micro.yaml"), bundled="nss_nuclei_micro.pt",
+              # its IoU head predicts ~0.55 for good and bad masks alike (none passes 0.8): chosen on the training
+              # tiles (F1 0.55 there, 0 with MICROSCOPY's), see docs/automatic.md
+              automatic={"pred_iou_thresh": 0.5, "stability_score_thresh": 0.7, "multimask": False}),
 ):
     register_model(_spec)
 

@@ -12,7 +12,7 @@ it made and leaves the labels untouched.
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QWidget
 
 from ._report import UserError, reported
 
@@ -33,16 +33,16 @@ def _spin(lo, hi, value, step=None, decimals=None, tip=""):
 
 
 class AutomaticPanel(QWidget):
-    """Parameters (microscopy defaults, :data:`napari_sam_stack.automatic.MICROSCOPY`) and a Run button."""
+    """Parameters (the model's defaults, :func:`napari_sam_stack.automatic.defaults`) and a Run button."""
 
     def __init__(self, widget, parent=None):
-        from ..automatic import MICROSCOPY
+        from ..automatic import defaults
 
         super().__init__(parent)
         self.widget = widget
         self.new_ids: list[int] = []  # objects made by the running / last run
         self.result = None  # (kind, info) of the last finished run
-        d = MICROSCOPY
+        d = self._defaults = defaults(widget.model)
         form = QFormLayout(self)
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(MODES)
@@ -61,6 +61,10 @@ class AutomaticPanel(QWidget):
         self.max_area_spin = _spin(0.0, 1.0, d["max_area_fraction"], 0.05, 2,
                                    "masks larger than this fraction of the slice are dropped (background)")
         self.crops_spin = _spin(0, 3, 0, tip="crop layers (each encodes 4^k crops more, cached)")
+        self.multimask_check = QCheckBox("three masks per point")
+        self.multimask_check.setChecked(d["multimask"])
+        self.multimask_check.setToolTip("SAM's three candidates per grid point (multimask); off: one, the model's "
+                                        "single-mask answer")
         self.run_button = QPushButton("Segment everything")
         self.run_button.clicked.connect(lambda *_: self.run())
         self.info_label = QLabel("")
@@ -69,16 +73,33 @@ class AutomaticPanel(QWidget):
                         ("points per side", self.points_spin), ("min predicted IoU", self.iou_spin),
                         ("min stability", self.stability_spin), ("box NMS", self.nms_spin),
                         ("min area (px)", self.min_area_spin), ("max area (fraction)", self.max_area_spin),
-                        ("crop layers", self.crops_spin)):
+                        ("crop layers", self.crops_spin), ("candidates", self.multimask_check)):
             form.addRow(name, w)
         form.addRow(self.run_button)
         form.addRow(self.info_label)
 
+    def _fields(self) -> dict:
+        """Parameter name -> (get, set) of the control showing it."""
+        spins = {"points_per_side": self.points_spin, "pred_iou_thresh": self.iou_spin,
+                 "stability_score_thresh": self.stability_spin, "box_nms_thresh": self.nms_spin,
+                 "min_mask_region_area": self.min_area_spin, "max_area_fraction": self.max_area_spin,
+                 "crop_n_layers": self.crops_spin}
+        out = {k: (w.value, w.setValue) for k, w in spins.items()}
+        out["multimask"] = (self.multimask_check.isChecked, self.multimask_check.setChecked)
+        return out
+
     def params(self) -> dict:
-        return {"points_per_side": self.points_spin.value(), "pred_iou_thresh": self.iou_spin.value(),
-                "stability_score_thresh": self.stability_spin.value(), "box_nms_thresh": self.nms_spin.value(),
-                "min_mask_region_area": self.min_area_spin.value(), "max_area_fraction": self.max_area_spin.value(),
-                "crop_n_layers": self.crops_spin.value()}
+        return {k: get() for k, (get, _) in self._fields().items()}
+
+    def model_changed(self, model) -> None:
+        """Show ``model``'s defaults, except where the user set a value of their own."""
+        from ..automatic import defaults
+
+        new = defaults(model)
+        for k, (get, put) in self._fields().items():
+            if k in new and k in self._defaults and get() == type(get())(self._defaults[k]):
+                put(new[k])
+        self._defaults = new
 
     def key_slices(self) -> list[int] | None:
         text = self.keys_edit.text().replace(";", ",").strip()

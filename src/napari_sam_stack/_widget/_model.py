@@ -56,6 +56,9 @@ class ModelActions:
         self._show_loaded_model(model)
         self.model_label.setText(f"{model.name} ({'SAM 2' if model.family == 'sam2' else 'SAM 1'}, {model.device})")
         self.set_status("model ready: click on the object (Points layer 'SAM points')")
+        for panel in getattr(self, "panels", {}).values():  # e.g. segment-everything's defaults for this model
+            if hasattr(panel, "model_changed"):
+                panel.model_changed(model)
         if self.image_layer is not None:
             self._prompts_changed()
             self._open_read_projects()

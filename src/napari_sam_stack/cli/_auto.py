@@ -23,7 +23,7 @@ EXAMPLES = """examples:
 With a SAM 1 model each slice is segmented on its own (ids are not linked across slices)."""
 
 PARAMS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area",
-          "max_area_fraction")
+          "max_area_fraction", "multimask")
 
 
 def add(sub) -> None:
@@ -38,11 +38,15 @@ def add(sub) -> None:
     g = p.add_argument_group("key slices (3D, SAM 2)")
     g.add_argument("--key-slices", type=_slices, help="slices to segment everything on, e.g. 5,15,25")
     g.add_argument("--every", type=c.positive, help="every K-th slice is a key slice (default: 5 key slices spread over the stack)")
-    g = p.add_argument_group("segment-everything parameters (defaults tuned for fluorescence microscopy)")
-    g.add_argument("--points-per-side", type=c.positive, default=MICROSCOPY["points_per_side"])
-    for name in PARAMS[1:4] + PARAMS[5:]:
-        g.add_argument("--" + name.replace("_", "-"), type=_fraction, default=MICROSCOPY[name])
-    g.add_argument("--min-mask-region-area", type=c.count, default=MICROSCOPY["min_mask_region_area"])
+    g = p.add_argument_group("segment-everything parameters (default: the model's, automatic.defaults: for "
+                             "fluorescence microscopy, and the shipped nuclei model's own thresholds)")
+    d = MICROSCOPY
+    g.add_argument("--points-per-side", type=c.positive, help=f"(default {d['points_per_side']})")
+    for name in PARAMS[1:4] + PARAMS[5:6]:
+        g.add_argument("--" + name.replace("_", "-"), type=_fraction, help=f"(default {d[name]})")
+    g.add_argument("--min-mask-region-area", type=c.count, help=f"(default {d['min_mask_region_area']})")
+    g.add_argument("--multimask", action=argparse.BooleanOptionalAction,
+                   help="three candidate masks per grid point (default: on; off for nss_nuclei_micro)")
     p.add_argument("--cache-dir", type=c.cache_dir, default=None, help="embeddings cache folder (default: the user cache)")
     from ._embed import dask_args
 
@@ -89,7 +93,7 @@ def auto_one(path: Path, out: Path, st: dict, model, progress: bool = True) -> s
 
     args = argparse.Namespace(**st)
     img, opts, frames = c.open_view(path, args)
-    params = {k: st[k] for k in PARAMS}
+    params = {k: (d if st[k] is None else st[k]) for k, d in automatic.defaults(model).items() if k in PARAMS}
     n = len(frames)
     keys = st["key_slices"]
     _check_keys(keys, n, path)
