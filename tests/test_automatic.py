@@ -323,6 +323,30 @@ def test_3d_second_key_slice_adds_only_what_is_not_tracked(annotation):
         assert (m & covered[1]).sum() <= 0.5 * m.sum()  # the overlap rule: not a duplicate of a tracked one
 
 
+def test_3d_max_absent_propagates_as_annotation_propagate_does(annotation, stack_u8, sam2_model, monkeypatch):
+    """``max_absent`` reaches the batched propagation: the objects equal those seeded by hand from the
+    same 2D instances and propagated with ``Annotation.propagate(max_absent=1)``."""
+    from napari_sam_stack.annotation import Annotation
+
+    seen = []
+    real = Annotation.propagate
+    monkeypatch.setattr(Annotation, "propagate", lambda self, *a, **kw: seen.append(kw.get("max_absent")) or real(self, *a, **kw))
+    result = annotation.add_automatic([2], max_absent=1, **FIND)
+    assert result.obj_ids and seen == [1]
+    b = Annotation(stack_u8, sam2_model, axis=0, in_memory=True)
+    labels2d, records = automatic.generate(b.session, 2, **FIND)
+    ids = []
+    for rec in records:
+        ids.append(b.new_object())
+        b.add_prompt(ids[-1], 2, mask=labels2d == rec["id"])
+    b.propagate(obj_ids=ids, max_absent=1)
+    assert result.obj_ids == ids
+    for o in ids:
+        assert annotation.objects[o].slices() == b.objects[o].slices()
+        for z in b.objects[o].slices():
+            np.testing.assert_array_equal(annotation.mask(o, z), b.mask(o, z))
+
+
 def test_every_kth_slice_and_key_slices_together(annotation):
     auto = automatic.Automatic(annotation, [5], every=3, **FIND)
     assert auto.keys == [0, 3, 5]
@@ -334,7 +358,8 @@ def test_3d_bad_input_leaves_the_annotation_alone(annotation, stack_u8, sam1_mod
     a = annotation
     labels = a.labels.copy()
     for bad in ({"key_slices": [6]}, {"key_slices": [-1]}, {"key_slices": None}, {"key_slices": [1], "every": 0},
-                {"key_slices": [1.5]}, {"key_slices": [1], "overlap_thresh": 2}, {"key_slices": [1], "points_per_side": 0}):
+                {"key_slices": [1.5]}, {"key_slices": [1], "overlap_thresh": 2}, {"key_slices": [1], "points_per_side": 0},
+                {"key_slices": [1], "max_absent": 0}, {"key_slices": [1], "max_absent": 1.5}):
         with pytest.raises(AutomaticError):
             automatic.add_automatic(a, **bad)
     assert not a.objects and np.array_equal(a.labels, labels)

@@ -257,6 +257,26 @@ def test_cache_clear_one_entry(files, common, tmp_path, capsys):
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == ["keep-me"]
 
 
+def test_auto_max_absent_reaches_the_propagation(files, common, tmp_path, monkeypatch):
+    import warnings
+
+    from napari_sam_stack import automatic
+
+    seen = []
+    real = automatic.add_automatic
+    monkeypatch.setattr(automatic, "add_automatic", lambda *a, **kw: seen.append(kw["max_absent"]) or real(*a, **kw))
+    for flags, want in (([], None), (["--max-absent", "1"], 1)):
+        out = tmp_path / f"auto{len(flags)}.tif"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", automatic.NothingFoundWarning)
+            assert cli.main(["auto", str(files["dir"] / "stack.tif"), "--out", str(out), "--key-slices", "2",
+                             "--points-per-side", "2", "--pred-iou-thresh", "0", *flags, *common]) == 0
+        assert seen[-1] == want and out.exists()
+    assert cli.main(["auto", str(files["dir"] / "stack.tif"), "--out", str(tmp_path / "x.tif"), "--max-absent", "0",
+                     *common]) == 2
+    assert not (tmp_path / "x.tif").exists()
+
+
 def test_auto_starts_from_the_models_own_defaults_and_flags_override_them(tmp_path):
     """The shipped nuclei model's registry entry carries thresholds of its own: `auto` gives what
     automatic.generate gives with them, and an explicit flag wins over them."""

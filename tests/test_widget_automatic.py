@@ -80,6 +80,46 @@ def test_2d_current_slice(make_widget, sam2_model, sample):
     assert not _labels(widget).any()
 
 
+def test_after_segment_everything_the_next_click_is_a_new_object(make_widget, sam2_model, sample):
+    """The object id moves past the new objects: a click and Commit make object max+1 and leave every
+    automatic object's pixels alone (it used to stay at 1, so the click edited, and its commit erased, object 1)."""
+    viewer, widget = make_widget(sample, sam2_model)
+    viewer.dims.set_current_step(0, 15)
+    panel = widget.panels["automatic"]
+    panel.run(mode=0, **LOOSE)
+    widget.wait(300000)
+    ids = panel.result
+    assert ids and widget.obj_id == max(ids) + 1 and widget.obj_id not in widget.annotation.objects
+    before = _labels(widget).copy()
+    widget.points_layer.add([[15, 30, 28]])
+    widget.wait()
+    widget.commit()
+    widget.wait()
+    a = widget.annotation
+    assert max(ids) + 1 in a.objects and all(a.objects[o].status == "committed" for o in ids)
+    after = _labels(widget)
+    for o in ids:  # every automatic object keeps its pixels, except those the new one may not take anyway
+        assert ((before == o) == (after == o)).all()
+
+
+def test_3d_stops_after_absent_as_the_main_panel_says(make_widget, sam2_model, sample, monkeypatch):
+    from napari_sam_stack.annotation import Annotation
+
+    seen = []
+    real = Annotation.propagation
+    monkeypatch.setattr(Annotation, "propagation",
+                        lambda self, *a, **kw: seen.append(kw.get("max_absent")) or real(self, *a, **kw))
+    for absent, want in ((2, 2), (0, None)):  # 0 shows 'off'
+        viewer, widget = make_widget(sample, sam2_model)  # (a second run would find its instances tracked)
+        panel = widget.panels["automatic"]
+        widget.absent_spin.setValue(absent)
+        panel.keys_edit.setText("12")
+        seen.clear()
+        panel.run(mode=1, **LOOSE)
+        widget.wait(600000)
+        assert panel.result and seen == [want]
+
+
 def test_cancel_adds_nothing(make_widget, sam2_model, sample):
     viewer, widget = make_widget(sample, sam2_model)
     panel = widget.panels["automatic"]

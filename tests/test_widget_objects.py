@@ -328,3 +328,45 @@ def test_stop_after_absent_starts_on_for_z_off_for_t_until_set(make_widget, sam2
     widget.absent_spin.setValue(3)  # the user's choice
     widget.image_layer = movie
     assert widget.absent_spin.value() == 3
+
+
+def test_leaving_an_image_and_coming_back_finds_its_objects_and_labels(make_widget, sam2_model, stack):
+    """Back on an image, its labels layer is the target again and its objects are there: the next commit
+    goes on with the next id into the same layer (it used to start a second 'SAM labels' at id 1)."""
+    from napari.layers import Labels
+
+    viewer, widget, layer = make_widget(stack, sam2_model)
+    ids = annotate(widget, viewer, CLICKS[:2])
+    widget.commit_all()
+    widget.wait()
+    a, target = widget.annotation, widget.target_layer
+    assert target is not None and set(np.unique(target.data)) - {0} == set(ids)
+    other = viewer.add_image(stack[:, :40], name="other")  # another shape: commits there go to a new layer
+    widget.image_layer = other
+    assert widget.target_layer is None
+    widget.image_layer = layer
+    assert widget.target_layer is target and widget.annotation is a
+    assert widget.objects_panel.ids() == ids and widget.obj_id not in ids
+    viewer.dims.set_current_step(0, 3)
+    click(widget, [3, 24, 30])
+    new = widget.obj_id
+    widget.commit()
+    widget.wait()
+    assert [lay for lay in viewer.layers if isinstance(lay, Labels) and lay.name.startswith("SAM labels")] == [target]
+    assert set(np.unique(target.data)) - {0} == {*ids, new}
+
+
+def test_loading_the_model_in_use_again_keeps_the_objects(make_widget, stack):
+    from napari_sam_stack import load_model
+
+    model = load_model("nss_nuclei_micro", device="cpu")
+    viewer, widget, _ = make_widget(stack, model)
+    ids = annotate(widget, viewer, CLICKS[:1])
+    widget.commit()
+    widget.wait()
+    a = widget.annotation
+    assert widget.model_combo.currentText() == "nss_nuclei_micro"
+    widget.load_model()  # pressed again
+    widget.wait()
+    assert widget.model is model and widget.annotation is a and widget.objects_panel.ids() == ids
+    assert "loaded already" in widget.status_label.text()

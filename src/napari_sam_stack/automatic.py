@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from ._validate import finite_number, flag, integer_in
+from ._validate import finite_number, flag, integer_in, positive_or_none
 from .errors import AutomaticError, ModelFamilyError
 
 MICROSCOPY = {
@@ -303,7 +303,7 @@ class Automatic:
 
 
 def add_automatic(annotation, key_slices=None, *, every=None, overlap_thresh: float = 0.5, propagate: bool = True,
-                  commit: bool = False, progress=None, cancel=None, **params) -> AutomaticResult:
+                  commit: bool = False, max_absent=None, progress=None, cancel=None, **params) -> AutomaticResult:
     """3D / time instances: segment everything on key slices and propagate the instances.
 
     For each key slice in order (``key_slices`` and/or every ``every``-th slice): run
@@ -312,9 +312,12 @@ def add_automatic(annotation, key_slices=None, *, every=None, overlap_thresh: fl
     key slice) and propagate them in ONE batched run (``annotation.propagate``), so the next
     key slice sees them. Afterwards they are ordinary objects (select, correct,
     re-propagate). ``commit=True`` commits the new objects as one edit (one undo step).
-    ``progress(done, total)`` counts key slices. Needs SAM 2 (:class:`ModelFamilyError`);
+    ``max_absent``: each propagation direction stops after this many slices where SAM 2 sees
+    none of the new objects (as in ``annotation.propagate``; 1 suits z-stacks of nuclei, whose
+    tracks otherwise run on through the whole stack). ``progress(done, total)`` counts key slices. Needs SAM 2 (:class:`ModelFamilyError`);
     bad parameters raise :class:`AutomaticError` before any work, leaving the labels alone.
     """
+    max_absent = positive_or_none(max_absent, "max_absent", AutomaticError)
     auto = Automatic(annotation, key_slices, every=every, overlap_thresh=overlap_thresh, **params)
     propagate = flag(propagate, "propagate", error=AutomaticError)
     commit = flag(commit, "commit", error=AutomaticError)
@@ -329,7 +332,7 @@ def add_automatic(annotation, key_slices=None, *, every=None, overlap_thresh: fl
             result.obj_ids.append(o)
             result.sources[o] = (k, r)
         if ids and propagate:
-            annotation.propagate(obj_ids=list(ids), cancel=cancel)
+            annotation.propagate(obj_ids=list(ids), cancel=cancel, max_absent=max_absent)
     if progress is not None:
         progress(len(auto.keys), len(auto.keys))
     if not result.obj_ids:

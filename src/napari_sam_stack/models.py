@@ -147,13 +147,13 @@ def resolve_device(device: Any = None):
         raise DeviceError(f"{device!r} is not a torch device: use 'cpu', 'cuda', 'cuda:1', 'mps' or None.") from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {device!r} requested but CUDA is not available here; use 'cpu' or None.")
+            raise DeviceError(f"device {device!r} requested but CUDA is not available here; use 'cpu', or no device at all (the best one here).")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) exist.")
     elif dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise DeviceError(f"device {device!r} requested but Apple MPS is not available here; use 'cpu' or None.")
+            raise DeviceError(f"device {device!r} requested but Apple MPS is not available here; use 'cpu', or no device at all (the best one here).")
     elif dev.type != "cpu":
         raise DeviceError(f"device {device!r} is not supported: use 'cpu', 'cuda' or 'mps'.")
     return dev

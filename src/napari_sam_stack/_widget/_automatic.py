@@ -131,6 +131,7 @@ class AutomaticPanel(QWidget):
             return self._start_2d(a, index, params)
         keys = self.key_slices()
         every = self.every_spin.value() or None
+        self._max_absent = w.absent_spin.value() or None  # the main panel's 'stop after absent', as for one object
         auto = Automatic(a, [index] if keys is None and every is None else keys, every=every, **params)
         self._next_key(auto, 0)
 
@@ -176,8 +177,10 @@ class AutomaticPanel(QWidget):
                 self._next_key(auto, pos + 1)
                 return
 
+            max_absent = self._max_absent
+
             def propagate(task):  # (building the run only reads the annotation)
-                run = a.propagation(ids, progress=task.progress, cancel=task.is_cancelled)
+                run = a.propagation(ids, progress=task.progress, cancel=task.is_cancelled, max_absent=max_absent)
                 for _ in run:
                     pass
                 return run
@@ -244,6 +247,9 @@ class AutomaticPanel(QWidget):
         else:
             edit = a.commit(ids)  # ONE edit: one Ctrl+Z removes every new object's pixels
             text = f"{where}: {len(ids)} new object(s) committed ({len(edit)} pixels; Ctrl+Z undoes it)"
+            if self.widget.obj_id in ids:  # the id the user was about to click with is taken now: the next
+                self.widget.next_object()  # click starts a new object instead of editing (and erasing) that one
+                text += f"; next click: object {self.widget.obj_id}"
         self.result = ids
         self.info_label.setText(text)
         self.widget.set_status(text)

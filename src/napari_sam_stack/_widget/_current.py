@@ -58,6 +58,7 @@ class CurrentView:
         self._annotations: dict = {}  # (session key, labels layer key) -> Annotation
         self._new_labels: dict = {}  # id(annotation) -> full labels array for a labels layer not made yet
         self._target_of: dict = {}  # id(annotation) -> the labels layer its labels are (None: not made yet)
+        self._target_of_image: dict = {}  # image layer key -> the labels layer chosen when it was left
         self._relay = _Relay()
         self._relay.fired.connect(self._on_annotation_event)
 
@@ -133,7 +134,10 @@ class CurrentView:
         """Forget the old session's work in flight; layers that fit the new view."""
         self._cancel_task("propagate", "propagate all", "embeddings")  # they work on the old session
         self._predictor.invalidate()
-        new_image = self._view is None or self._view.layer is not view.layer
+        old = self._view
+        new_image = old is None or old.layer is not view.layer
+        if new_image and old is not None:
+            self._target_of_image[layer_key(old.layer)] = self.target_layer
         self._session = self._session_key = self._building = None
         self._building_key, self._view = key, view
         self._set_annotation(None)
@@ -141,7 +145,16 @@ class CurrentView:
         self._ensure_layers(view)
         if new_image:
             target = self.target_layer
-            if target is not None and not fits(target, view):  # made for another image: commit to a new layer
+            before = self._target_of_image.get(layer_key(view.layer))
+            if before is not None and before is not target and before in self.viewer.layers and fits(before, view):
+                # back to an image: its labels layer again, so its annotation (objects, ids) is found again
+                self._keep_obj_id = True
+                try:
+                    self.target_layer = before
+                finally:
+                    self._keep_obj_id = False
+                self._follow_target(before)
+            elif target is not None and not fits(target, view):  # made for another image: commit to a new layer
                 self.target_combo.setCurrentIndex(0)
 
     def _build_in_background(self, view: SliceView, key) -> None:

@@ -37,6 +37,12 @@ class ModelActions:
                 kw["model_type"] = cfg
         else:
             kw["model"] = name
+            m = self.model
+            if m is not None and m.name == name and kw["device"] in (None, str(m.device)):
+                # loading it again would make a new model, and with it new sessions: the objects made
+                # with this one would no longer be shown (they are kept per model)
+                self.set_status(f"{name} is loaded already ({m.device}): your objects stay")
+                return
         self.set_status(f"loading {name} …")
         done = lambda result, cancelled=False: self._model_loaded(result, cancelled, name)  # noqa: E731
         self._start_task("model", lambda task: models.load_model(**kw), desc=f"Loading {name}", on_done=done)

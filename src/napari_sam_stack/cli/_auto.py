@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -38,13 +39,17 @@ def add(sub) -> None:
     g = p.add_argument_group("key slices (3D, SAM 2)")
     g.add_argument("--key-slices", type=_slices, help="slices to segment everything on, e.g. 5,15,25")
     g.add_argument("--every", type=c.positive, help="every K-th slice is a key slice (default: 5 key slices spread over the stack)")
+    g.add_argument("--max-absent", type=c.positive,
+                   help="stop propagating after this many slices without any new object (1 suits z-stacks of nuclei; "
+                        "default: off, to the end of the stack)")
     g = p.add_argument_group("segment-everything parameters (default: the model's, automatic.defaults: for "
                              "fluorescence microscopy, and the shipped nuclei model's own thresholds)")
     d = MICROSCOPY
-    g.add_argument("--points-per-side", type=c.positive, help=f"(default {d['points_per_side']})")
+    own = "; the model's own where its registry entry has one, e.g. nss_nuclei_micro"
+    g.add_argument("--points-per-side", type=c.positive, help=f"(microscopy default {d['points_per_side']}{own})")
     for name in PARAMS[1:4] + PARAMS[5:6]:
-        g.add_argument("--" + name.replace("_", "-"), type=_fraction, help=f"(default {d[name]})")
-    g.add_argument("--min-mask-region-area", type=c.count, help=f"(default {d['min_mask_region_area']})")
+        g.add_argument("--" + name.replace("_", "-"), type=_fraction, help=f"(microscopy default {d[name]}{own})")
+    g.add_argument("--min-mask-region-area", type=c.count, help=f"(microscopy default {d['min_mask_region_area']}{own})")
     g.add_argument("--multimask", action=argparse.BooleanOptionalAction,
                    help="three candidate masks per grid point (default: on; off for nss_nuclei_micro)")
     p.add_argument("--cache-dir", type=c.cache_dir, default=None, help="embeddings cache folder (default: the user cache)")
@@ -80,7 +85,7 @@ def _check_keys(keys, n: int, path: Path) -> None:
 
 def settings(args) -> dict:
     """Everything a worker needs to run one stack, as plain data."""
-    keys = ("axes", "axis", "channel_axis", "channel", "fixed", "key_slices", "every", "cache_dir", "overwrite", "threads",
+    keys = ("axes", "axis", "channel_axis", "channel", "fixed", "key_slices", "every", "max_absent", "cache_dir", "overwrite", "threads",
             *PARAMS)
     return {k: getattr(args, k) for k in keys}
 
@@ -109,7 +114,8 @@ def auto_one(path: Path, out: Path, st: dict, model, progress: bool = True) -> s
         every = st["every"] or (None if keys else max(1, math.ceil(n / 5)))
         bar = c.Progress(f"{path.name} key slices", "key slice") if progress else None
         try:
-            automatic.add_automatic(a, keys, every=every, commit=True, progress=bar, **params)
+            automatic.add_automatic(a, keys, every=every, commit=True, max_absent=st["max_absent"], progress=bar,
+                                    **params)
         finally:
             if bar is not None:
                 bar.close()
@@ -123,8 +129,6 @@ def auto_one(path: Path, out: Path, st: dict, model, progress: bool = True) -> s
 
 def _auto_task(recipe: dict, st: dict, item: tuple) -> str:
     """One stack on a Dask worker (the model is loaded once per worker process)."""
-    import warnings
-
     from ..distributed import worker_model
 
     path, out = item
@@ -148,7 +152,9 @@ def run(args) -> int:
     jobs = [(p, c.output_for(p, args.out, many)) for p in inputs]
     if not many:  # one image: every check before the model loads
         check_output(jobs[0][1], overwrite=args.overwrite, protect=[jobs[0][0]])
-        _check_keys(args.key_slices, len(c.open_view(jobs[0][0], args)[2]), jobs[0][0])
+        with warnings.catch_warnings():  # (auto_one opens it again and says its warnings then: once)
+            warnings.simplefilter("ignore")
+            _check_keys(args.key_slices, len(c.open_view(jobs[0][0], args)[2]), jobs[0][0])
     st = {**settings(args), "protect": [str(p) for p in inputs]}
     failed = 0
     client = open_client(args)
