@@ -53,3 +53,37 @@ def test_project_errors_are_one_line(sam2_files, tmp_path, capsys):
         assert msg in err and len(err.splitlines()) == 1
     assert (tmp_path / "not-a-project" / "mine.txt").read_text() == "keep"
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_rerunning_a_project_leaves_its_committed_objects_and_uses_its_model(tmp_path, capsys, monkeypatch):
+    """A saved project's committed objects are the user's result: a re-run writes them out unchanged
+    (no re-propagation, no `--max-absent` of its own); a new --point without --obj is a new object, committed
+    around them; with no --model the project's own model is used (here the shipped one, offline)."""
+    from napari_sam_stack import load_model
+
+    image = synthetic_nuclei((5, 61, 57), n_nuclei=3, seed=4)[0]
+    stack, project = tmp_path / "stack.tif", tmp_path / "stack.sam"
+    tifffile.imwrite(stack, image)
+    common = ["--device", "cpu", "--cache-dir", str(tmp_path / "c")]
+    assert cli.main(["segment", str(stack), "--point", "1,20,30", "--max-absent", "1", "--project", str(project),
+                     "--model", "nss_nuclei_micro", *common]) == 0
+    model = load_model("nss_nuclei_micro", device="cpu")
+    before = Annotation.open(project, model=model).labels.copy()
+    assert (before == 1).any()
+    calls = []
+    real = Annotation.propagate
+    monkeypatch.setattr(Annotation, "propagate", lambda self, ids=None, *a, **kw: calls.append(list(ids)) or real(self, ids, *a, **kw))
+    from napari_sam_stack import models
+
+    fetch = models.download_checkpoint  # (the shipped model comes from the package, through the same call)
+    monkeypatch.setattr(models, "download_checkpoint", lambda name, **k: fetch(name, **k) if name == "nss_nuclei_micro"
+                        else (_ for _ in ()).throw(AssertionError(f"{name} would be downloaded")))
+    out = tmp_path / "again.tif"
+    assert cli.main(["segment", "--project", str(project), "--out", str(out), *common]) == 0  # no --model
+    assert calls == [] and "left as they were" in capsys.readouterr().out
+    np.testing.assert_array_equal(tifffile.imread(out), before)
+    assert cli.main(["segment", str(stack), "--point", "3,40,12", "--project", str(project), *common]) == 0
+    assert calls == [[2]]  # the new object only, with the next free id
+    a = Annotation.open(project, model=model)
+    assert sorted(a.objects) == [1, 2] and a.objects[2].status == "committed"
+    np.testing.assert_array_equal(a.labels == 1, before == 1)  # object 1 untouched

@@ -230,6 +230,18 @@ def _parse_meta(path: Path) -> dict:
     return meta
 
 
+def saved_summary(path) -> dict:
+    """What a saved project says without opening it (no image read, no model loaded): ``model``,
+    the registry name of its model (or the name of a local one), and ``top_id``, the highest object
+    id it has used. A missing, damaged or foreign project is a :class:`ProjectError`."""
+    meta = _read_meta(_path(path))
+    try:
+        ids = [int(o["id"]) for o in meta.get("objects", [])]
+        return {"model": (meta.get("model") or {}).get("name"), "top_id": max([int(meta.get("next_id") or 0), *ids])}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ProjectError(f"project {path} is damaged: {type(e).__name__}: {e}") from e
+
+
 def open_project(path, image=None, model=None, *, allow_model_change: bool = False, **session_options):
     """Open a project folder as an :class:`~napari_sam_stack.Annotation`.
 

@@ -205,6 +205,7 @@ def check_model_flags(args) -> None:
         if value:
             raise SamStackError(f"{flag} {value} describes a --checkpoint file, and none is given "
                                 f"(a registry --model brings its own)")
+    args.model_given = args.model is not None  # (segment --project: else the project's own model)
     args.model = args.model if args.model is not None else args.model_default
     if args.model is not None and args.model not in available_models():
         raise SamStackError(unknown_model(args.model))

@@ -11,9 +11,10 @@ from . import _common as c
 
 def run_project(args, project: Path, img, opts, model, items, seeds):
     """Open ``project`` (with IMAGE when given, else the image it names) or make one from IMAGE;
-    add the prompts, propagate every object with prompts, commit them, save the project.
+    add the prompts, propagate and commit the objects prompted now and those not committed yet
+    (committed ones are left as they are), save the project.
     Returns ``(labels, axes)``."""
-    from ..annotation import Annotation
+    from ..annotation import Annotation, Status
 
     if project.exists():  # its own settings (slice axis, channels, ...) define the frames
         a = Annotation.open(project, image=None if img is None else img.data, model=model, cache_dir=args.cache_dir)
@@ -28,14 +29,18 @@ def run_project(args, project: Path, img, opts, model, items, seeds):
         if o not in a.objects:
             a.new_object(o)
         a.add_prompt(o, args.seed_slice, mask=mask)
-    todo = [o for o, obj in a.objects.items() if obj.prompts]
+    changed = {it.obj for it in items} | set(seeds)
+    # committed objects nobody prompted now are the user's result (maybe curated in napari): left as they are
+    todo = [o for o, obj in a.objects.items() if obj.prompts and (o in changed or obj.status != Status.COMMITTED)]
     if todo and a.session.model.family == "sam2" and len(a.session) > 1:
         with c.Progress("propagate") as bar:
             a.propagate(todo, progress=bar, start=args.start, stop=args.stop, max_absent=args.max_absent)
     if todo:
-        a.commit(todo, overwrite=True)
+        a.commit(todo)  # never over another object's pixels
     a.save(project, overwrite=True)
-    print(f"saved project {project}: {c.plural(len(a.objects), 'object')}")
+    kept = sum(1 for o, obj in a.objects.items() if o not in todo and obj.status == Status.COMMITTED)
+    print(f"saved project {project}: {c.plural(len(a.objects), 'object')} ({len(todo)} propagated and committed now"
+          f"{f', {kept} committed before and left as they were' if kept else ''})")
     axis = a.session.axis
     letter = "Z" if img is None or axis is None else (img.axes[axis] if img.axes[axis] in "TZ" else "Z")
     return np.asarray(a.labels, np.uint32), ("YX" if axis is None else letter + "YX")

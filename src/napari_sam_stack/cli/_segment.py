@@ -38,9 +38,9 @@ def add(sub) -> None:
                    help="a negative click (background) on object --obj")
     g.add_argument("--box", action="append", type=c.box, metavar="SLICE,R0,C0,R1,C1",
                    help="a box on object --obj: rows R0..R1-1, cols C0..C1-1")
-    g.add_argument("--obj", type=c.obj_id, default=1,
+    g.add_argument("--obj", type=c.obj_id, default=None,
                    help="object id of --point/--negative/--box, and the first id for prompt files that name none "
-                        "(default 1)")
+                        "(default 1; with an existing --project, the next id it has not used: a new object)")
     g.add_argument("--prompts", action="append", metavar="FILE",
                    help="prompts file: JSON, or a napari Points/Shapes CSV (repeatable). Ids: JSON 'obj' and a CSV "
                         "obj column are kept; otherwise a Points CSV is one object and each Shapes rectangle its "
@@ -73,19 +73,20 @@ def collect(args, view: View, frames) -> list[Item]:
     one object on one slice merge within one source; from two sources they are refused."""
     from ._prompts import _json_box
 
+    obj = 1 if args.obj is None else args.obj
     flags: list[Item] = []
     for flag, label in (("point", 1), ("negative", 0)):
         for z, r, col in getattr(args, flag) or []:
             where = f"--{flag} {z},{r:g},{col:g}"
             view.check_point(r, col, where)
-            flags.append(Item(args.obj, view.check_index(z, where), [[r, col]], [label], where=where))
+            flags.append(Item(obj, view.check_index(z, where), [[r, col]], [label], where=where))
     for z, r0, c0, r1, c1 in args.box or []:
         where = f"--box {z},{r0:g},{c0:g},{r1:g},{c1:g}"
-        flags.append(Item(args.obj, view.check_index(z, where), box=_json_box([r0, c0, r1, c1], view, where), where=where))
+        flags.append(Item(obj, view.check_index(z, where), box=_json_box([r0, c0, r1, c1], view, where), where=where))
     sources = [("the --point/--negative/--box flags", flags, False)] if flags else []
     sources += [(Path(path).name, *read_prompts(path, view, obj=1)) for path in args.prompts or []]
     taken = {it.obj for _, items, auto in sources if not auto for it in items}
-    next_id, named = args.obj, []
+    next_id, named = obj, []
     for name, items, auto in sources:
         if auto:
             ids = {}
@@ -175,6 +176,8 @@ def run(args) -> int:
     protect = [p for p in (args.image, args.seed_labels, project, *(args.prompts or [])) if p]
     if args.out:  # every check that needs no model, first
         check_output(args.out, overwrite=args.overwrite, protect=protect)
+    if project is not None and project.exists():
+        _from_project(args, project)
     if args.image is not None:
         img, opts, frames = c.open_view(args.image, args)
         view = _view(frames, opts, img)
@@ -213,6 +216,22 @@ def run(args) -> int:
         print(f"wrote {out}: {c.plural(len(ids) - (ids[0] == 0), 'object')} on {c.plural(on, 'slice')}, "
               f"{'x'.join(map(str, labels.shape))} {labels.dtype}")
     return 0
+
+
+def _from_project(args, project: Path) -> None:
+    """Defaults an existing project sets: its own model (unless --model / --checkpoint is given),
+    and new prompts from flags / unnumbered files on a new object (unless --obj is given)."""
+    from ..models import available_models
+    from ..project import saved_summary
+
+    saved = saved_summary(project)
+    if args.obj is None:
+        args.obj = saved["top_id"] + 1
+    if not args.checkpoint and not getattr(args, "model_given", True):
+        if saved["model"] not in available_models():
+            raise SamStackError(f"--project {project}: it was made with the local model {saved['model']!r}: give "
+                                "its --checkpoint FILE (and --config / --model-type)")
+        args.model = saved["model"]
 
 
 def propagate(session, args) -> np.ndarray:
