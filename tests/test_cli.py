@@ -81,6 +81,11 @@ def test_embed_info_then_segment_from_json(files, sam2_model, common, tmp_path, 
     out = tmp_path / "labels.tif"
     assert cli.main(["segment", str(stack), "--prompts", str(prompts), "--out", str(out), *common]) == 0
     assert "wrote" in capsys.readouterr().out
+    one = tmp_path / "one.tif"  # a 2D image: its one slice is slice 0, and the report says what was written
+    tifffile.imwrite(one, files["image"][2])
+    assert cli.main(["segment", str(one), "--point", "0,20,30", "--out", str(tmp_path / "one_labels.tif"), *common]) == 0
+    said = capsys.readouterr().out
+    assert "61x57 uint32" in said and "slice" not in said and tifffile.imread(tmp_path / "one_labels.tif").shape == (61, 57)
     labels = tifffile.imread(out)
     assert labels.shape == (6, 61, 57) and labels.dtype == np.uint32
     expected = _expected(sam2_model, files["image"], [

@@ -209,12 +209,13 @@ def run(args) -> int:
         labels = propagate(s, args)
         axes = c.labels_axes(img, opts)
     if args.out:
-        out = write_labels(args.out, labels if labels.shape[0] != 1 or axes != "YX" else labels[0],
-                           overwrite=args.overwrite, protect=protect, axes=axes)
+        written = labels if labels.shape[0] != 1 or axes != "YX" else labels[0]
+        out = write_labels(args.out, written, overwrite=args.overwrite, protect=protect, axes=axes)
         ids = np.unique(labels)
         on = int((labels.reshape(len(labels), -1) > 0).any(1).sum())
-        print(f"wrote {out}: {c.plural(len(ids) - (ids[0] == 0), 'object')} on {c.plural(on, 'slice')}, "
-              f"{'x'.join(map(str, labels.shape))} {labels.dtype}")
+        where = "" if written.ndim == 2 else f" on {c.plural(on, 'slice')}"
+        print(f"wrote {out}: {c.plural(len(ids) - (ids[0] == 0), 'object')}{where}, "
+              f"{'x'.join(map(str, written.shape))} {labels.dtype}")
     return 0
 
 
