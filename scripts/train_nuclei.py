@@ -31,7 +31,8 @@ SAM 2's image pre-training followed by joint image + video training:
      teaches it to stop (docs/finetune.md has the measurements).
 Both: 4 nuclei per sample, 1 correction click, crops of 96-256 px mirrored/transposed at random,
 slices drawn in proportion to their area, 2 threads. 26.1 and 29.6 minutes measured on 2-core AVX-512 CPUs (the
-s/step lines print the estimate for the machine at hand; an AVX2-only CPU is ~3x slower).
+s/step lines print the estimate for the machine at hand; an AVX2-only CPU is ~3x slower). --minutes (30) keeps an
+invocation within its budget on a slower machine by shortening both phases alike (see Budget).
 """
 
 from __future__ import annotations
@@ -135,6 +136,10 @@ def main(argv=None) -> int:
     p.add_argument("--corrections", type=int, default=1, help="correction clicks per corrected slice (>= 1)")
     p.add_argument("--min-crop", type=int, default=96, help="smallest training crop side (px; the largest is 256)")
     p.add_argument("--no-flips", action="store_true", help="no random mirroring / transposition of the crops")
+    p.add_argument("--minutes", type=float, default=30.0,
+                   help="time budget of the whole invocation (0: none). A machine too slow for the full recipe "
+                        "gets a shorter one (both phases scaled alike, their schedules compressed); the shipped "
+                        "weights never needed it")
     args = p.parse_args(argv)
 
     import tempfile
@@ -153,27 +158,65 @@ def main(argv=None) -> int:
                   loss_weights={"loss_mask": args.focal_weight, "loss_dice": args.dice_weight},
                   crop=(args.min_crop, 256), flips=not args.no_flips, sequence=(4, 8), trainable="all", warmup=0.03)
     t0 = time.perf_counter()
+    budget = Budget(t0, args.minutes, args.video_steps)
     model = random_micro_model(Path(tempfile.mkdtemp(prefix="nss-micro-")), args.seed, args.qk_gain)
     n = sum(p.numel() for p in model.module.parameters())
     print(f"micro SAM 2: {n / 1e6:.2f} M parameters; {args.steps} + {args.video_steps} steps; "
           f"threads={args.threads}", flush=True)
     last = images_out if args.video_steps else out
     done = run_phase("images", model, data, last, state, args.resume, args.save_every,
-              dict(common, seed=args.seed, steps=args.steps, lr=args.lr, p_sequence=args.p_sequence))
+                     dict(common, seed=args.seed, steps=args.steps, lr=args.lr, p_sequence=args.p_sequence), budget)
     if args.video_steps:
         model = load_model(checkpoint=images_out, config=images_out.with_suffix(".yaml"), device="cpu")
         # phase 2 resumes only if phase 1 did nothing now (new phase-1 weights start phase 2 afresh)
         run_phase("video", model, data, out, state.with_name(state.name + ".video"), args.resume and not done,
                   args.save_every,
-                  dict(common, seed=args.seed + 1, steps=args.video_steps, lr=args.video_lr,
+                  dict(common, seed=args.seed + 1, steps=budget.video_steps, lr=args.video_lr,
                        p_sequence=args.video_p_sequence,
-                       loss_weights={**common["loss_weights"], "loss_class": args.video_class_weight}))
+                       loss_weights={**common["loss_weights"], "loss_class": args.video_class_weight}), budget)
     took = time.perf_counter() - t0
     print(f"done in {took / 60:.1f} min; wrote {out} and {out.with_suffix('.yaml')}", flush=True)
     return 0
 
 
-def run_phase(name, model, data, out: Path, state: Path, resume: bool, save_every: int, options: dict) -> int:
+class Budget:
+    """Keeps one invocation within ``minutes``: from phase 1's measured s/step it projects the whole run
+    (phase 2's steps cost ~2.5 phase-1 steps: sequences of 4-8 slices half the time) and, when the
+    projection passes the budget, shortens both phases by the same factor. A shortened phase keeps its
+    warm-up and cosine shape over its new length (``Trainer.options["steps"]``)."""
+
+    PHASE2_COST, MARGIN_S = 2.5, 45.0  # a phase-2 step in phase-1 steps; seconds kept for loading and writing
+    AFTER, EVERY = 100, 50  # steps measured before the first projection; steps between projections
+
+    def __init__(self, t0: float, minutes: float, video_steps: int):
+        self.t0, self.limit = t0, minutes * 60.0
+        self.video_steps = int(video_steps)
+
+    def check(self, name: str, trainer, start: int, t_phase: float) -> None:
+        done = trainer.step_count - start
+        if not self.limit or done < self.AFTER or done % self.EVERY:
+            return
+        now = time.perf_counter()
+        per = (now - t_phase) / done
+        total = int(trainer.options["steps"])
+        if name == "images":
+            rest = (total - trainer.step_count) + self.video_steps * self.PHASE2_COST
+        else:
+            rest = total - trainer.step_count
+        left = self.limit - (now - self.t0) - self.MARGIN_S
+        if rest * per <= left:
+            return
+        scale = max(0.0, left / per) / rest  # of what is still to come, what fits
+        new_total = min(total, trainer.step_count + int((total - trainer.step_count) * scale))  # may end now
+        trainer.options["steps"] = new_total
+        if name == "images":
+            self.video_steps = max(1, int(self.video_steps * scale)) if self.video_steps else 0
+        print(f"time budget {self.limit / 60:g} min: {name} shortened to {new_total} steps"
+              + (f", video to {self.video_steps}" if name == "images" and self.video_steps else ""), flush=True)
+
+
+def run_phase(name, model, data, out: Path, state: Path, resume: bool, save_every: int, options: dict,
+              budget: Budget | None = None) -> int:
     """One Trainer run (resumed from ``state`` when asked and present), writing ``out`` at the end; steps done."""
     from napari_sam_stack.finetune import Trainer
 
@@ -182,12 +225,20 @@ def run_phase(name, model, data, out: Path, state: Path, resume: bool, save_ever
     start, t0 = trainer.step_count, time.perf_counter()
 
     def progress(step, total, loss):
+        total = int(trainer.options["steps"])
         if step % 10 == 0 or step == total:
             per = (time.perf_counter() - t0) / max(1, step - start)
             print(f"{name} step {step}/{total} loss {loss:.4f} ({per:.2f} s/step, {(total - step) * per / 60:.1f} min "
                   "left in this phase)", flush=True)
+        if budget is not None:
+            budget.check(name, trainer, start, t0)
 
-    trainer.fit(progress, out=out, state=state, save_every=save_every)
+    planned = int(trainer.options["steps"])
+    # a shortened phase ends where its new length says (cancel: nothing written), then writes as a full one does
+    trainer.fit(progress, lambda: trainer.step_count >= int(trainer.options["steps"]), out=out, state=state,
+                save_every=save_every)
+    if trainer.step_count < planned:
+        trainer.save(out=out, state=state)
     took = time.perf_counter() - t0
     print(f"{name}: {trainer.step_count - start} steps in {took / 60:.1f} min "
           f"({took / max(1, trainer.step_count - start):.2f} s/step)", flush=True)

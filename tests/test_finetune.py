@@ -236,3 +236,44 @@ def test_training_script_runs_both_phases(tmp_path):
     assert (tmp_path / "micro.pt.state.images.pt").exists() and (tmp_path / "micro.pt.state.video").exists()
     model = load_model(checkpoint=out, config=out.with_suffix(".yaml"), device="cpu")
     assert model.family == "sam2"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_nuclei", ROOT / "scripts" / "train_nuclei.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_time_budget_shortens_both_phases_to_fit():
+    """On a machine too slow for the recipe the projection (phase 1's s/step, phase 2 at 2.5x) is cut to fit."""
+    import time
+    from types import SimpleNamespace
+
+    mod = _script()
+    now = time.perf_counter()
+    budget = mod.Budget(now - 100, minutes=60, video_steps=600)  # 100 s spent, 100 steps done: 1 s/step
+    trainer = SimpleNamespace(options={"steps": 5400}, step_count=100)
+    budget.check("images", trainer, 0, now - 100)
+    left = 3600 - 100 - mod.Budget.MARGIN_S
+    planned = (trainer.options["steps"] - 100) + budget.video_steps * mod.Budget.PHASE2_COST
+    assert trainer.options["steps"] < 5400 and budget.video_steps < 600
+    assert 0.95 * left <= planned <= left + 1  # what is left of the budget, used
+    fast = SimpleNamespace(options={"steps": 5400}, step_count=100)
+    mod.Budget(now - 10, minutes=60, video_steps=600).check("images", fast, 0, now - 10)  # 0.1 s/step: fits
+    assert fast.options["steps"] == 5400
+
+
+def test_training_script_keeps_to_its_time_budget(tmp_path, monkeypatch, capsys):
+    """A budget already spent: both phases stop early and still write a loadable checkpoint."""
+    mod = _script()
+    monkeypatch.setattr(mod.Budget, "AFTER", 2)
+    monkeypatch.setattr(mod.Budget, "EVERY", 1)
+    out = tmp_path / "micro.pt"
+    assert mod.main(["--steps", "8", "--video-steps", "4", "--minutes", "0.01", "--out", str(out),
+                     "--save-every", "0"]) == 0
+    said = capsys.readouterr().out
+    assert "images shortened to 2 steps, video to 1" in said and "images: 2 steps" in said
+    assert "video: 1 steps" in said
+    model = load_model(checkpoint=out, config=out.with_suffix(".yaml"), device="cpu")
+    assert model.family == "sam2"
