@@ -312,8 +312,8 @@ def add_automatic(annotation, key_slices=None, *, every=None, overlap_thresh: fl
     key slice) and propagate them in ONE batched run (``annotation.propagate``), so the next
     key slice sees them. Afterwards they are ordinary objects (select, correct,
     re-propagate). ``commit=True`` commits the new objects as one edit (one undo step).
-    ``max_absent``: each propagation direction stops after this many slices where SAM 2 sees
-    none of the new objects (as in ``annotation.propagate``; 1 suits z-stacks of nuclei, whose
+    ``max_absent``: each new object's track (each direction) ends after this many slices where
+    SAM 2 calls it absent (as in ``annotation.propagate``; 1 suits z-stacks of nuclei, whose
     tracks otherwise run on through the whole stack). ``progress(done, total)`` counts key slices. Needs SAM 2 (:class:`ModelFamilyError`);
     bad parameters raise :class:`AutomaticError` before any work, leaving the labels alone.
     """

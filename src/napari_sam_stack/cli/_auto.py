@@ -40,8 +40,8 @@ def add(sub) -> None:
     g.add_argument("--key-slices", type=_slices, help="slices to segment everything on, e.g. 5,15,25")
     g.add_argument("--every", type=c.positive, help="every K-th slice is a key slice (default: 5 key slices spread over the stack)")
     g.add_argument("--max-absent", type=c.positive,
-                   help="stop propagating after this many slices without any new object (1 suits z-stacks of nuclei; "
-                        "default: off, to the end of the stack)")
+                   help="end each object's track after this many slices where SAM 2 calls it absent (1 suits "
+                        "z-stacks of nuclei; default: off, to the end of the stack)")
     g = p.add_argument_group("segment-everything parameters (default: the model's, automatic.defaults: for "
                              "fluorescence microscopy, and the shipped nuclei model's own thresholds)")
     d = MICROSCOPY

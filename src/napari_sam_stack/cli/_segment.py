@@ -50,7 +50,9 @@ def add(sub) -> None:
     g = p.add_argument_group("propagation")
     g.add_argument("--start", type=c.index, help="first slice to propagate to (default: the first)")
     g.add_argument("--stop", type=c.index, help="last slice to propagate to, inclusive (default: the last)")
-    g.add_argument("--max-absent", type=c.positive, help="stop a direction after this many slices without any object")
+    g.add_argument("--max-absent", type=c.positive,
+                   help="end each object's track (each direction) after this many slices where SAM 2 calls it absent "
+                        "(default: off; 1 suits z-stacks of nuclei)")
     g = p.add_argument_group("output")
     g.add_argument("--out", help="labels file to write: .tif/.tiff (compressed) or .zarr (OME-Zarr), uint32")
     g.add_argument("--project", help="annotation project folder (.sam): opened if it exists, else written")
