@@ -64,13 +64,18 @@ def test_3d_on_the_sample_stack_lands_as_objects_and_one_undo(make_widget, sam2_
     assert all(a.objects[o].status != "committed" for o in ids)
 
 
-def test_2d_current_slice(make_widget, sam2_model, sample):
-    viewer, widget = make_widget(sample, sam2_model)
+def _segment_slice_15(make_widget, model, sample):
+    """A widget on the sample stack after a 2D segment-everything run on slice 15; the new ids."""
+    viewer, widget = make_widget(sample, model)
     viewer.dims.set_current_step(0, 15)
     panel = widget.panels["automatic"]
     panel.run(mode=0, **LOOSE)
     widget.wait(300000)
-    ids = panel.result
+    return widget, panel.result
+
+
+def test_2d_current_slice(make_widget, sam2_model, sample):
+    widget, ids = _segment_slice_15(make_widget, sam2_model, sample)
     a = widget.annotation
     assert ids and all(a.objects[o].prompts.keys() == {15} for o in ids)
     labels = _labels(widget)
@@ -83,12 +88,7 @@ def test_2d_current_slice(make_widget, sam2_model, sample):
 def test_after_segment_everything_the_next_click_is_a_new_object(make_widget, sam2_model, sample):
     """The object id moves past the new objects: a click and Commit make object max+1 and leave every
     automatic object's pixels alone (it used to stay at 1, so the click edited, and its commit erased, object 1)."""
-    viewer, widget = make_widget(sample, sam2_model)
-    viewer.dims.set_current_step(0, 15)
-    panel = widget.panels["automatic"]
-    panel.run(mode=0, **LOOSE)
-    widget.wait(300000)
-    ids = panel.result
+    widget, ids = _segment_slice_15(make_widget, sam2_model, sample)
     assert ids and widget.obj_id == max(ids) + 1 and widget.obj_id not in widget.annotation.objects
     before = _labels(widget).copy()
     widget.points_layer.add([[15, 30, 28]])
