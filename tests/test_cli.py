@@ -171,6 +171,21 @@ def test_ome_tiff_zcyx_channel_and_time_series(files, sam2_model, common, tmp_pa
     assert cli.main(["segment", str(files["dir"] / "time.ome.tif"), "--point", "1,20,30", "--out", str(t_out), *common]) == 0
     img = io.read_image(t_out)
     assert img.axes == "TYX" and img.shape == (6, 61, 57)
+    s = Session(files["image"], sam2_model, axis=0, in_memory=True)  # a time series: tracks never stop by default
+    s.add_prompt(1, 1, points=[[20, 30]])
+    np.testing.assert_array_equal(img.data, s.propagate())
+
+
+def test_segment_stops_absent_tracks_on_z_by_default_and_off_says_never(files, sam2_model, common, tmp_path):
+    """Like the widget's 'stop after absent': 1 on a z axis unless --max-absent says otherwise (off / 0 / N)."""
+    stack = files["dir"] / "stack.tif"
+    s = Session(files["image"], sam2_model, axis=0, in_memory=True)
+    s.add_prompt(1, 2, points=[[20, 30]])
+    for k, (flags, want) in enumerate((([], 1), (["--max-absent", "off"], None), (["--max-absent", "0"], None),
+                                       (["--max-absent", "2"], 2))):
+        out = tmp_path / f"z{k}.tif"
+        assert cli.main(["segment", str(stack), "--point", "2,20,30", "--out", str(out), *flags, *common]) == 0
+        np.testing.assert_array_equal(tifffile.imread(out), s.propagate(max_absent=want))
 
 
 def test_ome_zarr_input(files, sam2_model, common, tmp_path):
@@ -270,14 +285,16 @@ def test_auto_max_absent_reaches_the_propagation(files, common, tmp_path, monkey
     seen = []
     real = automatic.add_automatic
     monkeypatch.setattr(automatic, "add_automatic", lambda *a, **kw: seen.append(kw["max_absent"]) or real(*a, **kw))
-    for flags, want in (([], None), (["--max-absent", "1"], 1)):
-        out = tmp_path / f"auto{len(flags)}.tif"
+    # the default on a z-stack is 1 (as in the widget); 'off' / 0 run tracks to the end of the stack
+    for k, (flags, want) in enumerate((([], 1), (["--max-absent", "2"], 2), (["--max-absent", "off"], None),
+                                       (["--max-absent", "0"], None))):
+        out = tmp_path / f"auto{k}.tif"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", automatic.NothingFoundWarning)
             assert cli.main(["auto", str(files["dir"] / "stack.tif"), "--out", str(out), "--key-slices", "2",
                              "--points-per-side", "2", "--pred-iou-thresh", "0", *flags, *common]) == 0
         assert seen[-1] == want and out.exists()
-    assert cli.main(["auto", str(files["dir"] / "stack.tif"), "--out", str(tmp_path / "x.tif"), "--max-absent", "0",
+    assert cli.main(["auto", str(files["dir"] / "stack.tif"), "--out", str(tmp_path / "x.tif"), "--max-absent", "-1",
                      *common]) == 2
     assert not (tmp_path / "x.tif").exists()
 

@@ -32,6 +32,15 @@ from .errors import Cancelled, PromptError
 from .prompts import Prompt
 
 _PTR_ONLY_DROPPED = ("maskmem_features", "maskmem_pos_enc", "pred_masks")
+TIME_AXES = {"t", "time", "frame", "frames"}
+
+
+def default_max_absent(axis_name: str | None) -> int | None:
+    """The ``max_absent`` the widget and the CLI start from on a slice axis named ``axis_name``: 1 on z
+    (a nucleus ends; a track that goes on runs onto the nucleus above or below it: held-out labels 3D Dice
+    0.577 -> 0.602 with the shipped model), None (off) on time (an object missed on one frame is still there
+    on the next). An unnamed axis counts as z, as in :func:`~napari_sam_stack.io.read_image`."""
+    return None if (axis_name or "").lower() in TIME_AXES else 1
 
 
 def memory_reach(module, num_frames: int) -> tuple[int, int]:

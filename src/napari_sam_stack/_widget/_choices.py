@@ -6,9 +6,10 @@ the labels layer choice); a change makes a new view, hence a new session / annot
 
 from __future__ import annotations
 
+from ..propagate import default_max_absent
 from ._layers import role
 from ._report import reported, reporting
-from ._view import axis_names, default_axis, default_max_absent, nonspatial_axes
+from ._view import axis_names, default_axis, nonspatial_axes
 
 
 class LayerChoices:
@@ -140,7 +141,7 @@ class LayerChoices:
             axis = self.axis_combo.currentData()
             name = None if axis is None else axis_names(layer, self.viewer.dims.axis_labels)[axis]
             self.absent_spin.blockSignals(True)
-            self.absent_spin.setValue(default_max_absent(name))
+            self.absent_spin.setValue(default_max_absent(name) or 0)  # 0: off
             self.absent_spin.blockSignals(False)
         if self.model is not None:
             self._prompts_changed()  # a new session: previews of the existing prompts are recomputed

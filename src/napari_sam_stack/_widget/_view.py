@@ -132,14 +132,6 @@ def nonspatial_axes(layer) -> list[int]:
 
 CHANNEL_NAMES = {"c", "ch", "channel", "channels"}
 STACK_NAMES = ("z", "t", "time", "frame", "frames", "slice", "plane")
-TIME_NAMES = {"t", "time", "frame", "frames"}
-
-
-def default_max_absent(name: str | None) -> int:
-    """'stop after absent' to start with on an axis: 1 for z (a nucleus ends; going on lets its track run
-    onto the nucleus above/below, measured: held-out labels 3D Dice 0.577 -> 0.602), 0 = off for time (an
-    object missed on one frame is still there on the next). An unnamed axis counts as z, as in io.read_image."""
-    return 0 if (name or "").lower() in TIME_NAMES else 1
 
 
 def axis_names(layer, viewer_labels=()) -> list[str | None]:

@@ -39,9 +39,7 @@ def add(sub) -> None:
     g = p.add_argument_group("key slices (3D, SAM 2)")
     g.add_argument("--key-slices", type=_slices, help="slices to segment everything on, e.g. 5,15,25")
     g.add_argument("--every", type=c.positive, help="every K-th slice is a key slice (default: 5 key slices spread over the stack)")
-    g.add_argument("--max-absent", type=c.positive,
-                   help="end each object's track after this many slices where SAM 2 calls it absent (1 suits "
-                        "z-stacks of nuclei; default: off, to the end of the stack)")
+    g.add_argument("--max-absent", type=c.max_absent, help=c.MAX_ABSENT_HELP)
     g = p.add_argument_group("segment-everything parameters (default: the model's, automatic.defaults: for "
                              "fluorescence microscopy, and the shipped nuclei model's own thresholds)")
     d = MICROSCOPY
@@ -114,7 +112,8 @@ def auto_one(path: Path, out: Path, st: dict, model, progress: bool = True) -> s
         every = st["every"] or (None if keys else max(1, math.ceil(n / 5)))
         bar = c.Progress(f"{path.name} key slices", "key slice") if progress else None
         try:
-            automatic.add_automatic(a, keys, every=every, commit=True, max_absent=st["max_absent"], progress=bar,
+            automatic.add_automatic(a, keys, every=every, commit=True, progress=bar,
+                                    max_absent=c.max_absent_for(st["max_absent"], img, opts),
                                     **params)
         finally:
             if bar is not None:

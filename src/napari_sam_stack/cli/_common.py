@@ -80,6 +80,27 @@ def positive(text: str) -> int:
     return n
 
 
+def max_absent(text: str) -> int:
+    """``--max-absent``: a number of slices, or off (0)."""
+    return 0 if text.strip().lower() in ("off", "none") else count(text)
+
+
+MAX_ABSENT_HELP = ("end each object's track (each direction) after this many slices where SAM 2 calls it absent, "
+                   "or off (default: 1 on a z axis, where a track that goes on runs onto the nucleus above or below; "
+                   "off on a time axis)")
+
+
+def max_absent_for(given: int | None, img, opts) -> int | None:
+    """``--max-absent`` as given (0: off), else the default for the image's slice axis."""
+    from ..propagate import default_max_absent
+
+    if given is not None:
+        return given or None
+    if img is None or opts["axis"] is None:
+        return default_max_absent(None)
+    return default_max_absent(img.axes[opts["axis"]])
+
+
 def obj_id(text: str) -> int:
     n = positive(text)
     if n > MAX_ID:

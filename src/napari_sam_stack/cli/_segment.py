@@ -50,9 +50,7 @@ def add(sub) -> None:
     g = p.add_argument_group("propagation")
     g.add_argument("--start", type=c.index, help="first slice to propagate to (default: the first)")
     g.add_argument("--stop", type=c.index, help="last slice to propagate to, inclusive (default: the last)")
-    g.add_argument("--max-absent", type=c.positive,
-                   help="end each object's track (each direction) after this many slices where SAM 2 calls it absent "
-                        "(default: off; 1 suits z-stacks of nuclei)")
+    g.add_argument("--max-absent", type=c.max_absent, help=c.MAX_ABSENT_HELP)
     g = p.add_argument_group("output")
     g.add_argument("--out", help="labels file to write: .tif/.tiff (compressed) or .zarr (OME-Zarr), uint32")
     g.add_argument("--project", help="annotation project folder (.sam): opened if it exists, else written")
@@ -195,6 +193,7 @@ def run(args) -> int:
         items, seeds = [], {}
         if args.point or args.box or args.prompts or args.seed_labels:
             raise SamStackError("prompts need the IMAGE they are on: give it before the options")
+    args.max_absent = c.max_absent_for(args.max_absent, img, opts)
     model = c.load(args)
     if project is not None:
         from ._project import run_project
