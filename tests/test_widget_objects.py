@@ -196,7 +196,7 @@ def test_changed_image_and_corrupt_project_are_refused(make_widget, sam2_model, 
     assert len(viewer.layers) == n_layers and widget.target_layer is target
 
 
-def test_autosave_is_offered_when_the_image_is_opened_again(make_widget, sam2_model, stack, notes):
+def test_autosave_is_offered_when_the_image_is_opened_again(make_widget, sam2_model, stack, notes, qtbot):
     viewer, widget, _ = make_widget(stack, sam2_model)
     assert not widget.restore_button.isVisibleTo(widget)
     annotate(widget, viewer, CLICKS[:2])
@@ -204,13 +204,17 @@ def test_autosave_is_offered_when_the_image_is_opened_again(make_widget, sam2_mo
     widget.commit()  # autosaved after the commit
     labels = widget.target_layer.data.copy()
     assert widget.autosave_now(force=True) is not None  # the timer's call (objects changed since)
-    viewer.close()
+    told = lambda: sum("Restore autosave" in msg for _, msg in notes)  # noqa: E731
+    viewer.close()  # removing its layers one by one makes fresh annotations: a closing viewer offers nothing
+    qtbot.wait(50)
+    assert told() == 0
 
     viewer2, widget2, _ = make_widget(stack, sam2_model)  # as after a crash: the same image again
     widget2.wait()
     _ = widget2.annotation
     assert widget2.restore_button.isVisibleTo(widget2)
-    assert any("Restore autosave" in msg for _, msg in notes)
+    qtbot.wait(50)
+    assert told() == 1
     b = widget2.restore_autosave()
     assert sorted(b.objects) == [1, 2] and b.objects[2].status == "committed"
     np.testing.assert_array_equal(widget2.target_layer.data, labels)
@@ -251,6 +255,23 @@ def test_napari_opens_a_project_folder(make_napari_viewer, sam2_model, stack, tm
     assert sorted(widget2.annotation.objects) == [1, 2]
     assert widget2.annotation.objects[1].status == "committed"
     np.testing.assert_array_equal(widget2.target_layer.data, labels)
+    assert not widget2.restore_button.isVisibleTo(widget2)  # the autosaves are older than the project
+    # work goes on and is autosaved, not saved: opening the project again offers the newer autosave
+    widget2.select_object(2)
+    widget2.commit()
+    widget2.autosave_now(force=True)  # (a commit autosaves already)
+    viewer2.close()
+    viewer3 = make_napari_viewer()
+    image3, lab3 = viewer3.open(str(path), plugin="napari-sam-stack")
+    widget3 = SamStackWidget(viewer3)
+    viewer3.window.add_dock_widget(widget3)
+    widget3.image_layer = image3
+    widget3.set_model(sam2_model)
+    widget3.wait()
+    assert widget3.annotation.objects[2].status != "committed"  # the project as saved
+    assert widget3.restore_button.isVisibleTo(widget3)
+    b = widget3.restore_autosave()
+    assert all(o.status == "committed" for o in b.objects.values()) and sorted(b.objects) == [1, 2]
 
 
 @pytest.mark.parametrize("kind", ["time series", "4D"])

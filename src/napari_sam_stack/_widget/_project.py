@@ -32,6 +32,16 @@ def latest_autosave(a) -> Path | None:
     return snaps[-1] if snaps else None
 
 
+def _written_after(a: Path, b: Path) -> bool:
+    """Was project folder ``a`` saved after ``b`` (their marker files' times)?"""
+    from ..project import MARKER
+
+    try:
+        return (a / MARKER).stat().st_mtime > (b / MARKER).stat().st_mtime
+    except OSError:
+        return False
+
+
 class ProjectActions:
     """Save, open, autosave, restore."""
 
@@ -126,26 +136,41 @@ class ProjectActions:
         finally:
             self._keep_obj_id = False
         self._bind_annotation()  # b: found under that key
-        self._autosave_offer = None
-        self.restore_button.setVisible(False)
+        self._offer_autosave(newer_than=b.project_path)
 
     # ------------------------------------------------------------------ autosave offer
-    def _offer_autosave(self) -> None:
-        """A fresh annotation of an image that has an autosave: offer to restore it (a button, a notification)."""
+    def _offer_autosave(self, newer_than=None) -> None:
+        """Offer to restore the image's newest autosave (a button, a notification): for a fresh annotation,
+        or for a project just opened (``newer_than``: its folder) when the autosave was written after it."""
         a = self._annotation
         self._autosave_offer = None
         self.restore_button.setVisible(False)
-        if a is None or a.objects or a.labels.any():
+        if a is None or (newer_than is None and (a.objects or a.labels.any())):
             return
         path = latest_autosave(a)
-        if path is None:
+        if path is None or (newer_than is not None and not _written_after(path, Path(newer_than))):
             return
-        from napari.utils.notifications import show_info
-
         self._autosave_offer = (a, path)
         self.restore_button.setText("Restore autosave")
         self.restore_button.setToolTip(f"{path}")
         self.restore_button.setVisible(True)
+        # the notice waits for the event loop: a viewer that is closing removes its layers one by one (the
+        # labels layer first makes a fresh annotation here), and a closing viewer has no one to tell
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self._tell_autosave)
+
+    def _tell_autosave(self) -> None:
+        try:
+            offer, layer = self._autosave_offer, self.image_layer
+        except RuntimeError:  # the widget was deleted meanwhile
+            return
+        if offer is None or getattr(self, "_closed", False) or layer is None or layer not in self.viewer.layers:
+            return
+        if offer[0] is not self._annotation:
+            return
+        from napari.utils.notifications import show_info
+
         show_info("An autosave of this image exists: press 'Restore autosave' in the SAM widget to continue it.")
 
     @reported
