@@ -221,6 +221,41 @@ def test_autosave_is_offered_when_the_image_is_opened_again(make_widget, sam2_mo
     assert not widget2.restore_button.isVisibleTo(widget2)
 
 
+def test_opening_a_project_offers_only_its_own_later_autosave_until_work_goes_on(make_widget, sam2_model, stack,
+                                                                                   tmp_path, notes, qtbot):
+    """Work on the same image that is not this project (a session that never opened it) is not offered as
+    the project's continuation; work after opening it is; the offer ends once the user works on."""
+    viewer, widget, _ = make_widget(stack, sam2_model)
+    annotate(widget, viewer, CLICKS[:1])
+    widget.select_object(1)
+    widget.commit()
+    path = widget.save_project(tmp_path / "job.sam")
+    viewer.close()
+    viewer, widget, _ = make_widget(stack, sam2_model)  # other work on this image, never saved: autosaved
+    annotate(widget, viewer, CLICKS[3:4])
+    widget.select_object(widget.obj_id - 1)
+    widget.commit()
+    viewer.close()
+    viewer, widget, _ = make_widget(stack, sam2_model)
+    b = widget.open_project(path)
+    assert sorted(b.objects) == [1] and not widget.restore_button.isVisibleTo(widget)
+    annotate(widget, viewer, CLICKS[1:2])  # work on the project after opening it, autosaved on commit
+    widget.select_object(2)
+    widget.commit()
+    viewer.close()
+    viewer, widget, _ = make_widget(stack, sam2_model)
+    widget.open_project(path)
+    assert widget.restore_button.isVisibleTo(widget)
+    qtbot.wait(50)
+    widget.wait()
+    assert sum("Restore autosave" in m for _, m in notes) >= 1
+    told = sum("Restore autosave" in m for _, m in notes)
+    annotate(widget, viewer, CLICKS[2:3])  # working on: the offer is over
+    assert not widget.restore_button.isVisibleTo(widget)
+    qtbot.wait(50)
+    assert sum("Restore autosave" in m for _, m in notes) == told
+
+
 def test_napari_opens_a_project_folder(make_napari_viewer, sam2_model, stack, tmp_path):
     import tifffile
 

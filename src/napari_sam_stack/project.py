@@ -316,6 +316,33 @@ def open_project(path, image=None, model=None, *, allow_model_change: bool = Fal
     return a
 
 
+def latest_autosave(annotation, project=None) -> Path | None:
+    """The newest autosave of ``annotation``'s image (its ``autosave_path``), or None. ``project``: only
+    an autosave that continues that project folder (the work on it after it was opened), written after it
+    was last saved; an autosave of other work on the same image is never offered as its continuation."""
+    folder = Path(annotation.autosave_path)
+    try:
+        snaps = [p for p in folder.iterdir() if p.name.startswith("snap-") and p.name[5:].isdigit()]
+    except OSError:
+        return None
+    for snap in sorted(snaps, key=lambda p: int(p.name[5:]), reverse=True):
+        meta = _read_meta(snap, strict=False)
+        if meta is None:
+            continue
+        if project is None:
+            return snap
+        if meta.get("project") and _same(Path(meta["project"]), project) and _newer(snap, Path(project)):
+            return snap
+    return None
+
+
+def _newer(a: Path, b: Path) -> bool:
+    try:
+        return (a / MARKER).stat().st_mtime > (b / MARKER).stat().st_mtime
+    except OSError:
+        return False
+
+
 def _read_source(source):
     if not source:
         raise ProjectError("the project does not know where its image is: pass image=...")
@@ -346,4 +373,4 @@ def _check_image(saved: dict, now: dict) -> None:
     raise ProjectError("the image changed since the project was saved: same shape and dtype, but its pixels differ")
 
 
-__all__ = ["FORMAT", "is_project", "open_project", "read_image", "save"]
+__all__ = ["FORMAT", "is_project", "latest_autosave", "open_project", "read_image", "save"]

@@ -100,6 +100,8 @@ class PreviewView:
         """An annotation event (main thread): the views catch up."""
         if not self._alive() or self._annotation is None:
             return
+        if name in ("object_added", "object_changed", "object_removed", "status_changed", "labels_changed"):
+            self._drop_autosave_offer()
         if name in ("object_added", "object_changed", "object_removed", "status_changed"):
             if getattr(self, "_pending_ids", None) is not None:
                 self._pending_ids.append(args[0])

@@ -19,29 +19,6 @@ PROJECT_KEY = "napari_sam_stack_project"  # labels layer metadata: the project f
 AUTOSAVE_CHECK_MS = 30_000
 
 
-def latest_autosave(a) -> Path | None:
-    """The newest autosave of the annotation's image, or None."""
-    from ..project import is_project
-
-    folder = Path(a.autosave_path)
-    try:
-        snaps = [p for p in folder.iterdir() if p.name.startswith("snap-") and p.name[5:].isdigit()]
-    except OSError:
-        return None
-    snaps = [p for p in sorted(snaps, key=lambda p: int(p.name[5:])) if is_project(p)]
-    return snaps[-1] if snaps else None
-
-
-def _written_after(a: Path, b: Path) -> bool:
-    """Was project folder ``a`` saved after ``b`` (their marker files' times)?"""
-    from ..project import MARKER
-
-    try:
-        return (a / MARKER).stat().st_mtime > (b / MARKER).stat().st_mtime
-    except OSError:
-        return False
-
-
 class ProjectActions:
     """Save, open, autosave, restore."""
 
@@ -147,8 +124,10 @@ class ProjectActions:
         self.restore_button.setVisible(False)
         if a is None or (newer_than is None and (a.objects or a.labels.any())):
             return
-        path = latest_autosave(a)
-        if path is None or (newer_than is not None and not _written_after(path, Path(newer_than))):
+        from ..project import latest_autosave
+
+        path = latest_autosave(a, project=newer_than)
+        if path is None or path == getattr(a, "_autosaved_to", None):
             return
         self._autosave_offer = (a, path)
         self.restore_button.setText("Restore autosave")
@@ -160,6 +139,13 @@ class ProjectActions:
 
         QTimer.singleShot(0, self._tell_autosave)
 
+    def _drop_autosave_offer(self) -> None:
+        """The user works on the annotation the offer was for: the offer is over (a restore now would
+        replace that work, and the newest autosave soon is this work itself)."""
+        if self._autosave_offer is not None and self._autosave_offer[0] is self._annotation:
+            self._autosave_offer = None
+            self.restore_button.setVisible(False)
+
     def _tell_autosave(self) -> None:
         try:
             offer, layer = self._autosave_offer, self.image_layer
@@ -167,8 +153,9 @@ class ProjectActions:
             return
         if offer is None or getattr(self, "_closed", False) or layer is None or layer not in self.viewer.layers:
             return
-        if offer[0] is not self._annotation:
-            return
+        if offer[0] is not self._annotation or offer == getattr(self, "_told_offer", None):
+            return  # (told once per offer)
+        self._told_offer = offer
         from napari.utils.notifications import show_info
 
         show_info("An autosave of this image exists: press 'Restore autosave' in the SAM widget to continue it.")
