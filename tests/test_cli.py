@@ -51,6 +51,9 @@ def test_models_lists_registry(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert "sam2.1_hiera_tiny" in out and "dl.fbaipublicfiles.com" in out and "weights cache" in out
+    assert out.splitlines()[0].split() == ["name", "kind", "weights", "source"]
+    (shipped,) = [line for line in out.splitlines() if line.startswith("nss_nuclei_micro")]
+    assert "shipped" in shipped and "no download" in shipped
 
 
 def test_console_script_and_module_run(tmp_path):
@@ -115,6 +118,21 @@ def test_segment_from_napari_points_and_shapes_csv(files, sam2_model, common, tm
         (4, 3, {"box": [49.5, 9.5, 60.5, 21.5]})])  # a second file without ids goes on after the ids used
     np.testing.assert_array_equal(labels, expected)
     assert labels.dtype == np.uint32
+
+
+def test_segment_says_when_an_object_got_no_pixel(files, common, tmp_path, capsys):
+    """Two objects with the same click: the first wins every pixel (ties go to the first); the second is
+    named in a warning instead of vanishing from the output without a word."""
+    from napari_builtins.io._write import napari_write_points
+
+    pts = tmp_path / "same.csv"
+    napari_write_points(str(pts), np.array([[2, 20, 30]], float), {"properties": {"label": np.array(["positive"])}})
+    out = tmp_path / "o.tif"
+    assert cli.main(["segment", str(files["dir"] / "stack.tif"), "--point", "2,20,30", "--prompts", str(pts),
+                     "--out", str(out), *common]) == 0
+    err = capsys.readouterr().err
+    assert "warning: object 2 got no pixel" in err
+    assert set(np.unique(tifffile.imread(out))) <= {0, 1}
 
 
 def test_prompt_files_without_ids_never_merge_objects(files, tmp_path, capsys, monkeypatch):

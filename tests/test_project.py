@@ -137,6 +137,9 @@ def test_changed_image_is_refused_in_one_line(saved, image, sam2_model):
         with pytest.raises(ProjectError, match="image changed") as e:
             nss.Annotation.open(path, image=img, model=sam2_model)
         assert what in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ProjectError, match=r"not the project's image: it was made on an image of shape \(") as e:
+        nss.Annotation.open(path, image=image[0], model=sam2_model)  # a 2D image: not 'pass axis=None'
+    assert "axis" not in str(e.value)
     assert files(path) == before
 
 

@@ -73,6 +73,14 @@ class ProjectError(SamStackError, ValueError):
     something it must not."""
 
 
+class OtherProjectError(ProjectError):
+    """A save onto another project folder without ``overwrite=True`` (the widget asks first)."""
+
+
+class OtherModelError(ProjectError):
+    """A project opened with another model than it was made with, without ``allow_model_change=True``."""
+
+
 class AutomaticError(SamStackError, ValueError):
     """Segment-everything parameters out of range or of the wrong type, or key slices that do not fit."""
 

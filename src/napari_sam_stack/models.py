@@ -249,7 +249,8 @@ def load_model(
 
     - ``load_model("sam2.1_hiera_tiny")``: registry name, downloaded and verified once.
     - ``load_model(checkpoint="x.pt", config="configs/sam2.1/sam2.1_hiera_t.yaml")``: local SAM 2
-      (``config`` may be a YAML path; it is inferred for the official sizes when omitted).
+      (``config`` may be a YAML path; when omitted it is inferred for the official sizes, else the
+      ``x.yaml`` beside the checkpoint is used, as finetuning writes it).
     - ``load_model(checkpoint="x.pth", model_type="vit_b")``: local SAM 1, micro-sam fine-tunes
       included (``model_type="auto"`` infers the encoder shape).
     - ``load_model(module)``: an already-built ``Sam`` or ``SAM2Base``.
@@ -315,9 +316,12 @@ def _load_file(path, config, model_type, overrides, dev, family=None) -> LoadedM
     if found == "sam":
         module = ck.build_sam1(sd, model_type, path)
     else:
-        config = config or ck.sam2_config_of_state_dict(sd)
+        beside = path.with_suffix(".yaml")  # what training writes (its _target_s are checked like any config's)
+        config = config or ck.sam2_config_of_state_dict(sd) or (beside if beside.is_file() else None)
         if config is None:
-            raise CheckpointError(f"{path} is a SAM 2 checkpoint of a non-official size: pass config=... (a YAML file).")
+            raise CheckpointError(f"{path} is a SAM 2 checkpoint of a non-official size: give its config, a YAML file "
+                                  f"(Python: config=...; command line: --config; training writes it beside the "
+                                  f"checkpoint as {path.with_suffix('.yaml').name})")
         module = ck.build_sam2(sd, config, overrides, path)
     # the config is part of the identity (it keys cached embeddings); SAM 1's shape is in its weights
     suffix = f"|config:{ck.sam2_config_digest(config, overrides)}" if found == "sam2" else ""

@@ -35,7 +35,7 @@ import numpy as np
 
 from ._project_io import read_objects, read_project_files, write_arrays, write_labels
 from ._validate import flag
-from .errors import ProjectError
+from .errors import OtherModelError, OtherProjectError, ProjectError
 
 FORMAT = 1
 KIND = "napari-sam-stack project"
@@ -65,7 +65,8 @@ def save(annotation, path, overwrite: bool = False) -> Path:
             raise ProjectError(f"{path} exists and is not a napari-sam-stack project: it is never replaced; choose another path")
         own = annotation.project_path is not None and _same(path, annotation.project_path)
         if not (overwrite or own):
-            raise ProjectError(f"{path} is another project: pass overwrite=True to replace it")
+            raise OtherProjectError(f"{path} is another project: it is replaced only when you say so (Python: overwrite=True; "
+                              "the widget asks)")
     if not path.parent.is_dir():
         raise ProjectError(f"cannot save to {path}: folder {path.parent} does not exist")
     _write_atomic(annotation, path, autosave=False)
@@ -289,8 +290,13 @@ def open_project(path, image=None, model=None, *, allow_model_change: bool = Fal
     if loaded.identity != mod.get("identity"):
         msg = f"this project was made with the model {mod.get('name')!r}, not {loaded.name!r} (weights differ)"
         if not allow_model_change:
-            raise ProjectError(msg + ": pass that model, or allow_model_change=True to continue with this one")
+            raise OtherModelError(msg + ": load that model (Python: model=...), or continue with this one (Python: "
+                               "allow_model_change=True; the widget asks)")
         warnings.warn(msg + ": continuing with the new model (saved masks and labels are kept)", stacklevel=3)
+    saved_shape = (info.get("signature") or {}).get("shape")
+    if saved_shape is not None and len(saved_shape) != np.ndim(image):  # another image: its view cannot even be made
+        raise ProjectError(f"this is not the project's image: it was made on an image of shape {tuple(saved_shape)}, "
+                           f"this one is {tuple(np.shape(image))}")
     try:
         session = Session(image, loaded, settings["axis"], **kw)
     except Exception as e:
@@ -345,7 +351,8 @@ def _newer(a: Path, b: Path) -> bool:
 
 def _read_source(source):
     if not source:
-        raise ProjectError("the project does not know where its image is: pass image=...")
+        raise ProjectError("the project does not know where its image is (it was made from an array): give the image "
+                       "(Python: image=...; command line: napari-sam-stack segment IMAGE --project ...)")
     return read_image(source)
 
 

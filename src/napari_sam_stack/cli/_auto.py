@@ -183,7 +183,7 @@ def run(args) -> int:
             if not many:
                 raise err
             failed += 1
-            print(f"error: {Path(p).name}: {c.message(err)}")
+            print(f"error: {c.about(p, err)}")
     if many:
         print(f"{c.plural(len(jobs) - failed, 'stack')} segmented, {failed} failed")
     return 1 if failed else 0

@@ -357,6 +357,14 @@ class Progress:
         self.close()
 
 
+def about(path, e: BaseException) -> str:
+    """``message(e)`` for one input of several, named once (our messages often name the file already)."""
+    text, p = message(e), Path(path)
+    if text.startswith(str(p)):
+        return p.name + text[len(str(p)):]
+    return text if text.startswith(p.name) else f"{p.name}: {text}"
+
+
 def message(e: BaseException) -> str:
     """One line for an error: our own messages as they are; others with their kind in words."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -113,7 +113,7 @@ def run(args) -> int:
     try:
         for path, img, opts, frames in views:
             if isinstance(img, Exception):
-                print(f"error: {path}: {c.message(img)}", flush=True)
+                print(f"error: {c.about(path, img)}", flush=True)
                 failed += 1
                 continue
             try:
@@ -121,7 +121,7 @@ def run(args) -> int:
             except (SamStackError, ValueError, OSError) as e:
                 if len(inputs) == 1:
                     raise
-                print(f"error: {path}: {c.message(e)}", flush=True)
+                print(f"error: {c.about(path, e)}", flush=True)
                 failed += 1
     finally:
         close_client(client)

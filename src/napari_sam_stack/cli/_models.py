@@ -20,10 +20,12 @@ def add(sub) -> None:
 def run_models(args) -> int:
     from ..models import available_models, model_spec, weights_dir
 
+    print(f"{'name':24s} {'kind':5s} {'weights':9s} source")
     for name in available_models():
         spec = model_spec(name)
-        here = (weights_dir() / spec.filename).is_file()
-        print(f"{name:24s} {spec.family:5s} {'cached' if here else '-':7s} {spec.url}")
+        here = "shipped" if spec.bundled else "cached" if (weights_dir() / spec.filename).is_file() else "-"
+        print(f"{name:24s} {'SAM 2' if spec.family == 'sam2' else 'SAM 1':5s} {here:9s} "
+              f"{'in the package (no download)' if spec.bundled else spec.url}")
     print(f"weights cache: {weights_dir()}")
     return 0
 

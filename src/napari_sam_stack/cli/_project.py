@@ -18,6 +18,9 @@ def run_project(args, project: Path, img, opts, model, items, seeds):
 
     if project.exists():  # its own settings (slice axis, channels, ...) define the frames
         a = Annotation.open(project, image=None if img is None else img.data, model=model, cache_dir=args.cache_dir)
+        from ._segment import check_positive
+
+        check_positive(items, seeded=seeds, known={o for o, obj in a.objects.items() if obj.prompts})
     else:
         a = Annotation(img.data, model, cache_dir=args.cache_dir, **opts)
         a.source = str(Path(args.image).resolve())

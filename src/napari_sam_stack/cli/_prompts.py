@@ -267,4 +267,7 @@ def read_prompts(path: str, view: View, obj: int = 1) -> tuple[list[Item], bool]
             head = [h.strip().lower() for h in next(csv.reader(f))]
         named = "shape-type" not in head and any(c in head for c in OBJ_COLUMNS)
         return items, not named
+    if p.suffix.lower() != ".json":
+        raise PromptError(f"--prompts {path}: prompts are a .json file (our format) or a napari Points/Shapes .csv, "
+                          f"not {p.suffix or 'a file without extension'}")
     return read_json(p, view), False

@@ -83,6 +83,10 @@ def collect(args, view: View, frames) -> list[Item]:
     for z, r0, c0, r1, c1 in args.box or []:
         where = f"--box {z},{r0:g},{c0:g},{r1:g},{c1:g}"
         flags.append(Item(obj, view.check_index(z, where), box=_json_box([r0, c0, r1, c1], view, where), where=where))
+    prompted = sorted({it.index for it in flags if it.box is not None or 1 in it.labels})
+    if len(prompted) > 1:  # several nuclei meant as several objects? say what it is
+        print(f"prompts: the --point/--box flags are ONE object ({obj}) prompted on slices "
+              f"{', '.join(map(str, prompted))}; for several objects give --prompts FILE (or one run per --obj)")
     sources = [("the --point/--negative/--box flags", flags, False)] if flags else []
     sources += [(Path(path).name, *read_prompts(path, view, obj=1)) for path in args.prompts or []]
     taken = {it.obj for _, items, auto in sources if not auto for it in items}
@@ -120,6 +124,33 @@ def collect(args, view: View, frames) -> list[Item]:
     if len(sources) > 1:
         print("prompts: " + "; ".join(named))
     return [m for m, _ in merged.values()]
+
+
+def _warn_empty(prompted: list[int], labels: np.ndarray) -> None:
+    """Say so when a prompted object got no pixel in the labels written (as Annotation.commit does)."""
+    import warnings
+
+    missing = sorted(set(prompted) - set(np.unique(labels).tolist()))
+    if missing:
+        warnings.warn(f"{'object' if len(missing) == 1 else 'objects'} {_ranges(missing)} got no pixel: SAM found "
+                      "nothing there, or another object, prompted nearer or more confident, won each of its pixels",
+                      UserWarning, stacklevel=2)
+
+
+def check_positive(items, seeded=(), known=()) -> None:
+    """Every object prompted needs something saying where it is, a positive point or a box (or a seed
+    mask), on some slice: negative points alone make SAM segment an arbitrary patch. ``known``: objects
+    a project already has (a negative click is then a correction)."""
+    where: dict[int, list[str]] = {}
+    for it in items:
+        if it.obj in seeded or it.obj in known or it.box is not None or 1 in it.labels:
+            where[it.obj] = []
+        elif where.get(it.obj, [None]):
+            where.setdefault(it.obj, []).append(it.where)
+    for o, places in where.items():
+        if places:
+            raise PromptError(f"object {o} has only negative points ({', '.join(places)}): add a positive point "
+                              "(--point) or a box where it is")
 
 
 def _ranges(ids: list[int]) -> str:
@@ -188,6 +219,8 @@ def run(args) -> int:
         seeds = seed_masks(args.seed_labels, args.seed_slice, frames, view) if args.seed_labels else {}
         if not items and not seeds and not (project and project.exists()):
             raise SamStackError("no prompt: give --point, --box, --prompts FILE or --seed-labels")
+        if not (project and project.exists()):
+            check_positive(items, seeded=seeds)
     else:
         img = opts = None
         items, seeds = [], {}
@@ -209,6 +242,7 @@ def run(args) -> int:
             s.add_prompt(o, args.seed_slice, mask=mask)
         labels = propagate(s, args)
         axes = c.labels_axes(img, opts)
+        _warn_empty(sorted({it.obj for it in items} | set(seeds)), labels)
     if args.out:
         written = labels if labels.shape[0] != 1 or axes != "YX" else labels[0]
         out = write_labels(args.out, written, overwrite=args.overwrite, protect=protect, axes=axes)

@@ -41,30 +41,62 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _read(path):
+    """The pixels of an image or labels file. Its axes are not used here (the slice axis is --axis;
+    labels have the image's shape), so a file that does not name them gets no advice about them."""
+    import warnings
+
+    from ..cli import read_image
+    from ..io import AxesWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AxesWarning)
+        return read_image(path)
+
+
+def _looks_like_labels(labels, path) -> None:
+    """Warn when a labels file has more ids than instance labels could (an image given as labels)."""
+    import warnings
+
+    import numpy as np
+
+    n = len(np.unique(labels)) - 1
+    if n > 50 and n > labels.size / 50:  # objects of < 50 pixels on average: most likely intensities
+        warnings.warn(f"{Path(path).name} holds {n} different values: is it an image rather than instance labels? "
+                      "(the images come first, the labels after --labels)", UserWarning, stacklevel=2)
+
+
 def run_train(args) -> int:
     import sys
 
     import numpy as np
 
-    from ..cli import read_image
     from ..errors import SamStackError
     from ..models import load_model
     from .trainer import train
 
     out = Path(args.out)
+    bad = [f"--{k.replace('_', '-')} {v} must be {want}" for k, v, ok, want in (
+        ("steps", args.steps, args.steps >= 1, "1 or more"), ("lr", args.lr, args.lr > 0, "more than 0"),
+        ("save_every", args.save_every, args.save_every >= 0, "0 or more")) if not ok]
+    if bad:
+        print(f"error: {bad[0]}", file=sys.stderr)
+        return 2
     if len(args.images) != len(args.labels):
         print(f"error: {len(args.images)} image(s) but {len(args.labels)} label file(s)", file=sys.stderr)
         return 2
     if out.exists() and not args.overwrite and not args.resume:
         print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
+    bar = None
     try:
         pairs = []
         for img, lab in zip(args.images, args.labels):
-            labels = np.asarray(read_image(lab))
+            labels = np.asarray(_read(lab))
+            _looks_like_labels(labels, lab)
             axis = None if str(args.axis).lower() in ("none", "2d") else (
                 (0 if labels.ndim == 3 else None) if args.axis == "auto" else int(args.axis))
-            pairs.append((read_image(img), labels, axis))
+            pairs.append((_read(img), labels, axis))
         if args.checkpoint:
             model = load_model(checkpoint=args.checkpoint, config=args.config, model_type=args.model_type,
                                device=args.device)
@@ -84,10 +116,12 @@ def run_train(args) -> int:
             options.update(lr=args.lr, trainable=args.trainable, lora_rank=args.lora_rank, seed=args.seed)
         trainer = train(model, pairs, out=out, state=out.with_name(out.name + ".state"), resume=args.resume,
                         progress=progress, save_every=args.save_every, **options)
-        bar.close()
     except (SamStackError, ValueError) as e:
+        if bar is not None:
+            bar.close()  # the message on a line of its own, not after the bar
         print(f"error: {e}", file=sys.stderr)
         return 2
+    bar.close()
     loss = trainer.losses[-1] if trainer.losses else float("nan")
     print(f"wrote {out} after {trainer.step_count} steps (last loss {loss:.4f})")
     return 0
