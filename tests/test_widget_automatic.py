@@ -81,6 +81,13 @@ def test_2d_current_slice(make_widget, sam2_model, sample):
     labels = _labels(widget)
     assert labels[15].any() and not np.delete(labels, 15, axis=0).any()
     assert set(ids) <= set(widget.objects_panel.ids())
+    # again on the same slice: what it holds already is not added twice (as in 3D)
+    panel = widget.panels["automatic"]
+    n, labels = len(a.objects), _labels(widget).copy()
+    panel.run(mode=0, **LOOSE)
+    widget.wait(300000)
+    assert panel.result == [] and len(a.objects) == n and "already there" in widget.status_label.text()
+    np.testing.assert_array_equal(_labels(widget), labels)
     widget.undo_labels()
     assert not _labels(widget).any()
 

@@ -110,6 +110,10 @@ def test_click_mode_is_shown_permanently_and_in_the_point_colour(make_widget, sa
     widget.clear_object()
     assert list(widget.points_layer.feature_defaults["label"]) == ["negative"]
     np.testing.assert_allclose(transform_color(widget.points_layer.current_face_color)[0], transform_color("magenta")[0])
+    # a new object (Next object, or after a commit) starts positive: its first click says where it is
+    widget.next_object()
+    assert "positive" in widget.mode_label.text()
+    assert list(widget.points_layer.feature_defaults["label"]) == ["positive"]
 
 
 def test_box_key_then_back_to_clicks_by_itself(make_widget, sam2_model, nuclei, qtbot):

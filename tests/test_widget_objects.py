@@ -170,6 +170,65 @@ def test_save_close_open_in_a_new_viewer(make_widget, sam2_model, stack, tmp_pat
     np.testing.assert_array_equal(again, ref.labels)
 
 
+def test_saving_onto_another_project_and_opening_with_another_model_ask_first(make_widget, sam2_model, stack,
+                                                                              tmp_path, model_dir, monkeypatch):
+    """No Python keyword in a message the user cannot act on: the widget asks, and does what the answer says."""
+    from napari_sam_stack.testing import load_tiny_sam2
+
+    viewer, widget, _ = make_widget(stack, sam2_model)
+    annotate(widget, viewer, CLICKS[:1])
+    first = widget.save_project(tmp_path / "first.sam")
+    widget.next_object()
+    annotate(widget, viewer, CLICKS[1:2])
+    asked, answer = [], [False]
+    monkeypatch.setattr(type(widget), "confirm", lambda self, q: asked.append(q) or answer[0])
+    from napari_sam_stack import Annotation
+
+    other = Annotation.open(first, image=stack, model=sam2_model).save(tmp_path / "other.sam")
+    before = sorted(p.name for p in other.iterdir())
+    assert widget.save_project(other) is None  # 'no': kept as it was
+    assert "another project" in asked[-1] and "kept as it was" in widget.status_label.text()
+    assert sorted(p.name for p in other.iterdir()) == before
+    assert len(Annotation.open(other, image=stack, model=sam2_model).objects) == 1
+    answer[0] = True
+    assert widget.save_project(other) == other
+    assert len(Annotation.open(other, image=stack, model=sam2_model).objects) == 2
+    widget.set_model(load_tiny_sam2(model_dir / "other", seed=1))  # another model: opening asks
+    b = widget.open_project(first)
+    assert "Continue with the loaded model" in asked[-1] and sorted(b.objects) == [1]
+    answer[0] = False
+    assert widget.open_project(first) is None
+    assert "allow_model_change" not in widget.status_label.text() or "Python" in widget.status_label.text()
+
+
+def test_another_model_goes_on_with_the_same_objects(make_widget, sam2_model, stack, model_dir):
+    """Loading another model (e.g. the one just trained on these labels) keeps every object, its status and
+    the current object: no object vanishes from the panel and the current clicks make no duplicate object."""
+    from napari_sam_stack.testing import load_tiny_sam2
+
+    viewer, widget, _ = make_widget(stack, sam2_model)
+    annotate(widget, viewer, CLICKS[:2])
+    widget.select_object(1)
+    widget.commit()
+    widget.select_object(2)  # object 2 current, its click in the points layer
+    before = {o: (obj.status, obj.prompted()) for o, obj in widget.annotation.objects.items()}
+    labels = widget.target_layer.data.copy()
+    other = load_tiny_sam2(model_dir / "carry", seed=3)
+    widget.set_model(other)
+    widget.wait()
+    a = widget.annotation
+    assert a.session.model is other and widget.obj_id == 2
+    assert {o: (obj.status, obj.prompted()) for o, obj in a.objects.items()} == before
+    assert widget.objects_panel.ids() == [1, 2]
+    np.testing.assert_array_equal(widget.target_layer.data, labels)
+    viewer.dims.set_current_step(0, CLICKS[2][0])
+    click(widget, list(CLICKS[2]))  # more work with the new model, then back to the first one: it goes on too
+    widget.set_model(sam2_model)
+    widget.wait()
+    assert widget.annotation.session.model is sam2_model and 2 in widget.annotation.objects
+    assert len(widget.annotation.objects[2].prompted()) == 2
+
+
 def test_changed_image_and_corrupt_project_are_refused(make_widget, sam2_model, stack, tmp_path, notes):
     viewer, widget, _ = make_widget(stack, sam2_model)
     annotate(widget, viewer, CLICKS[:1])

@@ -106,6 +106,27 @@ class PropagationRun:
         return done
 
 
+def carried_over(a, session):
+    """:meth:`Annotation.with_session`: ``a``'s objects and labels over ``session``."""
+    import copy
+
+    from .session import Session
+
+    if not isinstance(session, Session):
+        raise AnnotationError(f"with_session needs a Session, got {type(session).__name__}")
+    if session.shape != a.session.shape or session.frames.signature() != a.session.frames.signature():
+        raise AnnotationError(f"with_session: the session views another image (shape {session.shape}, "
+                              f"not {a.session.shape}) or the same one otherwise (axis, channels, contrast)")
+    b = type(a).from_session(session, labels=a.labels, autosave=a.autosave, autosave_every=a.autosave_every)
+    for o, obj in a.objects.items():
+        b.objects[o] = copy.deepcopy(obj)
+        b._attach(b.objects[o])
+    b._deleted = copy.deepcopy(a._deleted)
+    b._top_id = max(b._top_id, a._top_id)
+    b.source, b.project_path = a.source, a.project_path
+    return b
+
+
 def predict_with_logits(session, prompt: Prompt, i: int):
     """(Prediction, its full-resolution logits (K, Y, X) minus the mask threshold) for ``prompt``
     on slice ``i``, best candidate first (SAM's advice on multimask)."""

@@ -72,6 +72,15 @@ class Annotation(Persistence):
             raise AnnotationError(f"from_session needs a Session, got {type(session).__name__}")
         return cls(session, None, labels=labels, **kw)
 
+    def with_session(self, session: Session) -> Annotation:
+        """This work continued over another session of the same image and view, typically with
+        another model (a finetuned one): every object (prompts, candidates, masks, statuses) copied,
+        the same labels array. Masks stay what the old model made until predicted or propagated again
+        (as ``Annotation.open(..., allow_model_change=True)`` does from a project)."""
+        from ._objects import carried_over
+
+        return carried_over(self, session)
+
     def _check_labels(self, labels) -> np.ndarray:
         shape = self.session.shape
         if labels is None:

@@ -263,13 +263,7 @@ class Automatic:
 
     def covered(self, k: int) -> np.ndarray:
         """(Y, X) bool: slice ``k``'s pixels taken by an object of the annotation or a committed label."""
-        a = self.annotation
-        cover = np.asarray(a.labels[k]) > 0
-        for o in a.objects:
-            m = a.mask(o, k)
-            if m is not None:
-                cover |= m
-        return cover
+        return covered(self.annotation, k)
 
     def find(self, k: int, progress=None, cancel=None):
         """``(masks, records, skipped)``: the instances of key slice ``k`` not covered yet.
@@ -280,16 +274,7 @@ class Automatic:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NothingFoundWarning)
             labels, records = generate(self.session, k, progress=progress, cancel=cancel, **self.params)
-        cover = self.covered(k)
-        masks, kept, skipped = [], [], 0
-        for rec in records:
-            m = labels == rec["id"]
-            if (m & cover).sum() > self.overlap_thresh * rec["area"]:
-                skipped += 1
-                continue
-            masks.append(m)
-            kept.append(rec)
-        return masks, kept, skipped
+        return not_covered(self.annotation, k, labels, records, self.overlap_thresh)
 
     def seed(self, k: int, masks, records) -> dict:
         """New objects, in record order, each with its 2D mask as prompt on key slice ``k``;
@@ -300,6 +285,33 @@ class Automatic:
             a.add_prompt(o, k, mask=m)
             out[o] = rec["id"]
         return out
+
+
+def covered(annotation, k: int) -> np.ndarray:
+    """(Y, X) bool: slice ``k``'s pixels taken by an object of ``annotation`` or a committed label."""
+    cover = np.asarray(annotation.labels[k]) > 0
+    for o in annotation.objects:
+        m = annotation.mask(o, k)
+        if m is not None:
+            cover |= m
+    return cover
+
+
+def not_covered(annotation, k: int, labels, records, overlap_thresh: float = 0.5):
+    """``(masks, records, skipped)``: the instances :func:`generate` found on slice ``k`` (``labels``,
+    ``records``) that ``annotation`` does not have yet: one more than ``overlap_thresh`` of whose pixels
+    an object's mask or a committed label already covers there is skipped (2D and 3D alike)."""
+    overlap_thresh = _fraction(overlap_thresh, "overlap_thresh")
+    cover = covered(annotation, k)
+    masks, kept, skipped = [], [], 0
+    for rec in records:
+        m = np.asarray(labels) == rec["id"]
+        if (m & cover).sum() > overlap_thresh * rec["area"]:
+            skipped += 1
+            continue
+        masks.append(m)
+        kept.append(rec)
+    return masks, kept, skipped
 
 
 def add_automatic(annotation, key_slices=None, *, every=None, overlap_thresh: float = 0.5, propagate: bool = True,

@@ -12,6 +12,7 @@ it made and leaves the labels untouched.
 
 from __future__ import annotations
 
+import numpy as np
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QWidget
 
 from ._report import UserError, reported
@@ -136,7 +137,7 @@ class AutomaticPanel(QWidget):
         self._next_key(auto, 0)
 
     def _start_2d(self, a, index, params):
-        from ..automatic import generate
+        from ..automatic import generate, not_covered
 
         def fn(task):
             return generate(a.session, index, progress=task.progress, cancel=task.is_cancelled, **params)
@@ -145,11 +146,13 @@ class AutomaticPanel(QWidget):
             if self._failed(result, cancelled):
                 return
             labels, records = result
-            for rec in records:
+            masks, kept, skipped = not_covered(a, index, labels, records)  # what the slice has already is kept
+            for m in masks:
                 o = a.new_object()
                 self.new_ids.append(o)
-                a.add_prompt(o, index, mask=labels == rec["id"])
-            self._finish(a, f"slice {index}: {len(records)} instance(s)")
+                a.add_prompt(o, index, mask=m)
+            self._finish(a, f"slice {index}: {len(records)} instance(s)"
+                            + (f", {skipped} of them already there" if skipped else ""), known=skipped)
 
         task = self.widget.run_worker(fn, desc="Segment everything", total=1, on_done=self._guard(done),
                                       kind="segment everything")
@@ -239,14 +242,21 @@ class AutomaticPanel(QWidget):
             self.widget.report(result.error)
         return True
 
-    def _finish(self, a, where: str) -> None:
+    def _finish(self, a, where: str, known: int = 0) -> None:
         self.run_button.setEnabled(True)
         ids = list(self.new_ids)
         if not ids:
-            text = f"{where}: nothing new found (lower the thresholds?)"
+            text = f"{where}: nothing new found" + ("" if known else " (lower the thresholds?)")
         else:
-            edit = a.commit(ids)  # ONE edit: one Ctrl+Z removes every new object's pixels
+            import warnings
+
+            with warnings.catch_warnings():  # one per object whose pixels all lie on other labels: summed up below
+                warnings.simplefilter("ignore", UserWarning)
+                edit = a.commit(ids)  # ONE edit: one Ctrl+Z removes every new object's pixels
             text = f"{where}: {len(ids)} new object(s) committed ({len(edit)} pixels; Ctrl+Z undoes it)"
+            empty = np.setdiff1d(ids, np.unique(a.labels)).size
+            if empty:
+                text += f"; {empty} of them got no pixel (all on labels already there)"
             if self.widget.obj_id in ids:  # the id the user was about to click with is taken now: the next
                 self.widget.next_object()  # click starts a new object instead of editing (and erasing) that one
                 text += f"; next click: object {self.widget.obj_id}"

@@ -56,6 +56,7 @@ class CurrentView:
         self._layers_image = None  # the image layer the prompt layers were made for
         self._annotation = None
         self._annotations: dict = {}  # (session key, labels layer key) -> Annotation
+        self._latest_work: dict = {}  # view key -> the annotation used last on it, under any model
         self._new_labels: dict = {}  # id(annotation) -> full labels array for a labels layer not made yet
         self._target_of: dict = {}  # id(annotation) -> the labels layer its labels are (None: not made yet)
         self._target_of_image: dict = {}  # image layer key -> the labels layer chosen when it was left
@@ -211,7 +212,17 @@ class CurrentView:
             target = None
         key = (self._session_key, layer_key(target))
         a = self._annotations.get(key)
-        if a is None:
+        work = self._session_key[0]  # this image's view, whatever the model
+        latest = self._latest_work.get(work)
+        carried = (latest is not None and latest is not a and latest.objects and latest.session is not self._session
+                   and self._target_of.get(id(latest)) is target)  # the same labels layer (or none made yet)
+        if carried:  # another model now (e.g. the one just trained): the objects go on with it
+            a = latest.with_session(self._session)  # (same view key: same image and view, it cannot refuse)
+            self._annotations[key] = a
+            self._target_of[id(a)] = target
+            if id(latest) in self._new_labels:
+                self._new_labels[id(a)] = self._new_labels[id(latest)]
+        elif a is None:
             if target is not None:
                 data = target.data
                 if not isinstance(data, np.ndarray) or not data.flags.writeable or data.dtype.kind not in "ui":
@@ -229,7 +240,12 @@ class CurrentView:
             if full is not None:
                 self._new_labels[id(a)] = full
         a.labels_writer = lambda edit, a=a, view=view: self._write_labels(a, view, edit)
-        self._set_annotation(a)
+        self._latest_work[work] = a
+        self._carry_obj_id = bool(carried)  # the current object exists in the carried work: it stays current
+        try:
+            self._set_annotation(a)
+        finally:
+            self._carry_obj_id = False
 
     def _set_annotation(self, a) -> None:
         old = self._annotation

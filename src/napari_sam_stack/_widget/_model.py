@@ -61,7 +61,8 @@ class ModelActions:
         self.model = model
         self._show_loaded_model(model)
         self.model_label.setText(f"{model.name} ({'SAM 2' if model.family == 'sam2' else 'SAM 1'}, {model.device})")
-        self.set_status("model ready: click on the object (Points layer 'SAM points')")
+        self.set_status("model ready: click on the object (Points layer 'SAM points')" if self.image_layer is not None
+                        else "model ready: open an image (File → Open, or drag a file in) to click on")
         for panel in getattr(self, "panels", {}).values():  # e.g. segment-everything's defaults for this model
             if hasattr(panel, "model_changed"):
                 panel.model_changed(model)

@@ -280,6 +280,9 @@ class ObjectActions:
             self._setting_obj = False
         self._cancel_task("propagate")
         self._predictor.invalidate()
+        a = self._annotation
+        if a is None or int(obj_id) not in a.objects:
+            self._polarity = POSITIVE  # a new object starts with 'this is it' (not a negative left over)
         self._load_prompt_layers()
         self._reset_range()
         self._refresh_objects([o for o in (previous, self.obj_id) if o is not None])

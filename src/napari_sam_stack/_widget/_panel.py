@@ -116,8 +116,9 @@ class ObjectsPanel(QWidget):
         statuses = [o.status for o in a.objects.values()]
         todo = sum(s in ("draft", "propagated") for s in statuses)
         edited = statuses.count("edited")
-        self.summary.setText(f"{len(statuses)} objects: {todo} not committed, {edited} edited since commit "
-                             "(highlighted)")
+        n = len(statuses)
+        self.summary.setText(f"{n} object{'' if n == 1 else 's'}: {todo} not committed, {edited} edited since commit"
+                             + (" (highlighted)" if edited else ""))
         self.summary.setWordWrap(True)
 
     def _swatch(self, obj_id: int) -> QIcon:

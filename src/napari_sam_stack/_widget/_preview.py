@@ -25,7 +25,7 @@ class PreviewView:
         self.objects_panel.set_annotation(a)
         if a is None:
             return
-        if getattr(self, "_keep_obj_id", False) and self.obj_id not in a.objects:
+        if (getattr(self, "_keep_obj_id", False) and self.obj_id not in a.objects) or getattr(self, "_carry_obj_id", False):
             self._current_id = self.obj_id
         else:
             from ._object import next_free_id

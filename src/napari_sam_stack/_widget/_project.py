@@ -56,7 +56,15 @@ class ProjectActions:
             if not path:
                 return None
             path = path if path.endswith(".sam") else path + ".sam"
-        out = a.save(path, overwrite=overwrite)
+        from ..errors import OtherProjectError
+
+        try:
+            out = a.save(path, overwrite=overwrite)
+        except OtherProjectError:
+            if not self.confirm(f"{Path(path).name} is another project. Replace it with this one?"):
+                self.set_status(f"not saved: {Path(path).name} is another project (kept as it was)")
+                return None
+            out = a.save(path, overwrite=True)
         self.set_status(f"saved {len(a.objects)} object(s) to {out}")
         return out
 
@@ -77,8 +85,20 @@ class ProjectActions:
                 return None
         if self.model is None:
             raise UserError("load the project's model first (Model → Load model), then open the project")
+        from ..errors import OtherModelError
+
         view = self.current_view()
-        b = Annotation.open(path, image=view.data, model=self.model)
+        try:
+            b = Annotation.open(path, image=view.data, model=self.model)
+        except OtherModelError as e:
+            if not self.confirm(f"{e.args[0].split(':')[0]}.\n\nContinue with the loaded model {self.model.name!r}? "
+                                "(saved masks and labels are kept; new predictions use this model)"):
+                raise
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the question said it
+                b = Annotation.open(path, image=view.data, model=self.model, allow_model_change=True)
         self._show_opened(b, view, labels_layer, name=f"{Path(path).name} labels")
         self.set_status(f"opened {path}: {len(b.objects)} object(s)")
         return b
@@ -114,6 +134,13 @@ class ProjectActions:
             self._keep_obj_id = False
         self._bind_annotation()  # b: found under that key
         self._offer_autosave(newer_than=b.project_path)
+
+    def confirm(self, question: str) -> bool:
+        """Ask the user yes / no (a dialog)."""
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self, "napari-sam-stack", question)
+        return answer == QMessageBox.StandardButton.Yes
 
     # ------------------------------------------------------------------ autosave offer
     def _offer_autosave(self, newer_than=None) -> None:
