@@ -26,9 +26,12 @@ SAM 2's image pre-training followed by joint image + video training:
      (warm-up 3 %, cosine to a tenth; at 1e-3 and above this post-norm decoder stalls), SAM 2's loss
      weights (focal 20 with alpha 0.25, dice 1, IoU 1, object score 1);
   2. video: 600 steps from phase 1's weights, half of them on sequences, lr 1e-4, object-score loss
-     weight 30. After phase 1 a propagated nucleus is segmented well on its own slices but never
-     ends: the object-score head says "present" on every slice. The heavier object-score loss
-     teaches it to stop (docs/finetune.md has the measurements).
+     weight 30, and only the first slice of a sequence prompted (sam2.1 prompts 1-2 slices and adds
+     correction clicks on them): every other slice is segmented from memory alone, as a click on one
+     slice and propagation are used. After phase 1 a propagated nucleus is segmented well on its own
+     slices but never ends: the object-score head says "present" on every slice. The heavier
+     object-score loss, and having to say "absent" with no click to help, teach it to stop
+     (docs/finetune.md has the measurements).
 Both: 4 nuclei per sample, 1 correction click, crops of 96-256 px mirrored/transposed at random,
 slices drawn in proportion to their area, 2 threads. 26.1 and 29.6 minutes measured on 2-core AVX-512 CPUs (the
 s/step lines print the estimate for the machine at hand; an AVX2-only CPU is ~3x slower). --minutes (30) keeps an
@@ -125,6 +128,9 @@ def main(argv=None) -> int:
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--p-sequence", type=float, default=0.1, help="share of phase 1 steps on 4-8 slice sequences")
     p.add_argument("--video-p-sequence", type=float, default=0.5, help="share of phase 2 steps on sequences")
+    p.add_argument("--video-prompted-slices", type=int, default=1,
+                   help="phase 2: slices of a sequence that get prompts and correction clicks (1: only the first, "
+                        "the rest from memory alone, as the model is used; sam2.1 trains with 2)")
     p.add_argument("--video-class-weight", type=float, default=30.0,
                    help="phase 2 weight of the object-score loss (SAM 2's 1): teaches propagation to stop")
     p.add_argument("--max-objects", type=int, default=4, help="nuclei per sample")
@@ -172,7 +178,7 @@ def main(argv=None) -> int:
         run_phase("video", model, data, out, state.with_name(state.name + ".video"), args.resume and not done,
                   args.save_every,
                   dict(common, seed=args.seed + 1, steps=budget.video_steps, lr=args.video_lr,
-                       p_sequence=args.video_p_sequence,
+                       p_sequence=args.video_p_sequence, prompted_slices=args.video_prompted_slices,
                        loss_weights={**common["loss_weights"], "loss_class": args.video_class_weight}), budget)
     took = time.perf_counter() - t0
     print(f"done in {took / 60:.1f} min; wrote {out} and {out.with_suffix('.yaml')}", flush=True)

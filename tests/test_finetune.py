@@ -109,6 +109,31 @@ def test_bad_options_are_training_errors(data, tmp_path):
         TrainingData([(image, labels[:, :16])])
 
 
+def test_one_prompted_slice_leaves_the_rest_of_a_sequence_to_memory(data, tmp_path):
+    """prompted_slices=1: SAM 2's training forward prompts and corrects only a sequence's first slice
+    (sam2.1's default, 2, prompts or corrects a second slice in some sequences)."""
+    model = load_tiny_sam2(tmp_path)
+    seen = {}
+    for prompted in (1, 2):
+        tr = Trainer(model, data, steps=12, p_sequence=1.0, sequence=(4, 4), max_objects=2, crop=(32, 64),
+                     prompted_slices=prompted, seed=1)
+        real, calls = tr.view.prepare_prompt_inputs, []
+
+        def spy(backbone_out, inp, start_frame_idx=0, real=real, calls=calls):
+            out = real(backbone_out, inp, start_frame_idx=start_frame_idx)
+            calls.append((list(out["init_cond_frames"]), list(out["frames_to_add_correction_pt"])))
+            return out
+
+        tr.view.prepare_prompt_inputs = spy
+        for _ in range(12):
+            tr.step()
+        seen[prompted] = calls
+    assert all(cond == [0] and corrected in ([0], []) for cond, corrected in seen[1])  # ([] : a mask prompt)
+    assert any(len(cond) > 1 or len(corrected) > 1 for cond, corrected in seen[2])
+    with pytest.raises(TrainingError, match="prompted_slices"):
+        Trainer(model, data, prompted_slices=0)
+
+
 def test_resume_continues_the_run_and_cancel_keeps_the_last_save(data, tmp_path):
     model = load_tiny_sam2(tmp_path)
     out, state = tmp_path / "m.pt", tmp_path / "m.pt.state"
@@ -217,6 +242,31 @@ def test_cli_train_writes_a_loadable_checkpoint(tmp_path):
     args = parser.parse_args(argv)
     assert args.func(args) == 2  # exists: refused without --overwrite, file untouched
     assert out.read_bytes() == saved
+
+
+def test_cli_train_refuses_bad_numbers_first_and_asks_about_an_image_given_as_labels(tmp_path, capsys):
+    import argparse
+
+    import tifffile
+
+    from napari_sam_stack.finetune import add_cli
+
+    image = np.random.default_rng(0).integers(0, 4000, (4, 48, 48), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "img.tif", image)  # no axes named: train says nothing about axes it does not use
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    base = ["train", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "img.tif"), "--out", str(tmp_path / "o.pt"),
+            "--checkpoint", str(tmp_path / "never-read.pt"), "--device", "cpu"]
+    for flags, says in ((["--steps", "0"], "--steps 0 must be 1 or more"), (["--lr", "0"], "--lr 0.0 must be more than 0"),
+                        (["--save-every", "-1"], "--save-every -1 must be 0 or more")):
+        args = parser.parse_args(base + flags)
+        assert args.func(args) == 2
+        assert says in capsys.readouterr().err
+    args = parser.parse_args(base + ["--steps", "1"])  # the image as its own labels: asked about, then it fails
+    with pytest.warns(UserWarning, match="is it an image rather than instance labels"):
+        assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "axes" not in err and "never-read.pt" in err and not (tmp_path / "o.pt").exists()
 
 
 def test_quality_benchmark_runs_on_a_subset():

@@ -44,8 +44,12 @@ def loss_function(family: str, weights: dict | None = None, focal_alpha: float =
     )
 
 
-def sam2_train_view(module, corrections: int, seed: int):
-    """A ``SAM2Train`` sharing every parameter and submodule of ``module`` (a ``SAM2Base``)."""
+def sam2_train_view(module, corrections: int, seed: int, prompted_slices: int = 2):
+    """A ``SAM2Train`` sharing every parameter and submodule of ``module`` (a ``SAM2Base``).
+
+    ``prompted_slices``: at most this many slices of a sequence are prompted (the first, then slices drawn at
+    random), each with its correction clicks; all others are segmented from memory alone. sam2.1 trains
+    with 2 (1-2 at random); 1 trains as the product is used: one slice prompted, propagation for the rest."""
     from training.model.sam2 import SAM2Train
 
     view = SAM2Train.__new__(SAM2Train)
@@ -56,7 +60,8 @@ def sam2_train_view(module, corrections: int, seed: int):
     for name, p in inspect.signature(SAM2Train.__init__).parameters.items():
         if name not in skip and p.default is not inspect.Parameter.empty:
             setattr(view, name, p.default)
-    for name, value in {**SAM2_TRAIN_SETTINGS, "num_correction_pt_per_frame": int(corrections)}.items():
+    prompted = {"num_init_cond_frames_for_train": int(prompted_slices), "num_frames_to_correct_for_train": int(prompted_slices)}
+    for name, value in {**SAM2_TRAIN_SETTINGS, **prompted, "num_correction_pt_per_frame": int(corrections)}.items():
         setattr(view, name, value)
     view.rng = np.random.default_rng(seed)
     return view

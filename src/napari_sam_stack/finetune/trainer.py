@@ -22,6 +22,7 @@ DEFAULTS = {
     "trainable": "all", "lora_rank": 4, "lr": 1e-4, "weight_decay": 0.01, "seed": 0, "steps": 1000,
     "warmup": 0.05, "sequence": (4, 8), "p_sequence": 0.5, "max_objects": 8, "corrections": 3,
     "crop": (32, 512), "clip": 0.1, "loss_weights": None, "focal_alpha": 0.25, "flips": True,
+    "prompted_slices": 2,
 }
 """Options of :class:`Trainer` (all stored in the resumable state). ``steps``: the run's
 length (the learning rate warms up over its first ``warmup`` fraction, then decays on a
@@ -31,7 +32,10 @@ clicks per corrected slice; ``crop``: side of the random crops (min, max) in pix
 ``clip``: gradient-norm clip (sam2's 0.1); ``loss_weights``: changes to SAM 2's
 ``{"loss_mask": 20, "loss_dice": 1, "loss_iou": 1, "loss_class": 1}`` (focal, dice, IoU, object score);
 ``focal_alpha``: weight of foreground pixels in the focal loss (SAM's 0.25; higher for a model from scratch
-that predicts all background); ``flips``: mirror and transpose samples at random (8 views of each crop)."""
+that predicts all background); ``flips``: mirror and transpose samples at random (8 views of each crop);
+``prompted_slices`` (SAM 2): at most this many slices of a sequence get prompts and correction clicks (sam2.1's
+2: the first and, half the time, one more); 1: only the first, every other slice from memory alone, as a
+click on one slice and propagation are used (it taught the shipped micro model's tracks to end)."""
 
 
 class Trainer:
@@ -53,6 +57,8 @@ class Trainer:
             raise TrainingError(f"steps must be >= 1 and lr > 0 (got steps={opts['steps']}, lr={opts['lr']})")
         if not 1 <= opts["sequence"][0] <= opts["sequence"][1]:
             raise TrainingError(f"sequence must be (min, max) slices with 1 <= min <= max, got {opts['sequence']}")
+        if int(opts["prompted_slices"]) < 1:
+            raise TrainingError(f"prompted_slices must be >= 1, got {opts['prompted_slices']}")
         self.options = opts
         self.data = data if isinstance(data, TrainingData) else TrainingData(data)
         self.family = model.family
@@ -65,7 +71,8 @@ class Trainer:
                                  extra=dict(model.extra))
         self.module = module
         self.loss_fn = loss_function(self.family, opts["loss_weights"], opts["focal_alpha"])
-        self.view = sam2_train_view(module, opts["corrections"], opts["seed"]) if self.family == "sam2" else None
+        self.view = (sam2_train_view(module, opts["corrections"], opts["seed"], int(opts["prompted_slices"]))
+                     if self.family == "sam2" else None)
         fused = torch.device(model.device).type in ("cpu", "cuda")  # one kernel for all tensors: 5x faster on a CPU
         self.optimizer = torch.optim.AdamW(self.params, lr=float(opts["lr"]), weight_decay=float(opts["weight_decay"]),
                                            fused=True if fused else None)
