@@ -187,11 +187,13 @@ def main(argv=None) -> int:
 
 class Budget:
     """Keeps one invocation within ``minutes``: from phase 1's measured s/step it projects the whole run
-    (phase 2's steps cost ~2.5 phase-1 steps: sequences of 4-8 slices half the time) and, when the
+    (phase 2's steps cost ~2.2 phase-1 steps: sequences of 4-8 slices half the time) and, when the
     projection passes the budget, shortens both phases by the same factor. A shortened phase keeps its
     warm-up and cosine shape over its new length (``Trainer.options["steps"]``)."""
 
-    PHASE2_COST, MARGIN_S = 2.5, 45.0  # a phase-2 step in phase-1 steps; seconds kept for loading and writing
+    # a phase-2 step in phase-1 steps (measured 2026-12-06 with one prompted slice: 0.65 / 0.30 s; 2.4-2.5 with
+    # sam2.1's prompting before); seconds kept for loading and writing
+    PHASE2_COST, MARGIN_S = 2.2, 45.0
     AFTER, EVERY = 100, 50  # steps measured before the first projection; steps between projections
 
     def __init__(self, t0: float, minutes: float, video_steps: int):

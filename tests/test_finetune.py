@@ -18,7 +18,7 @@ from napari_sam_stack.finetune import Trainer, TrainingData, TrainingError
 from napari_sam_stack.testing import load_tiny_sam1, load_tiny_sam2, synthetic_nuclei
 
 ROOT = Path(__file__).resolve().parents[1]
-MIN_SHIPPED_DICE = 0.5  # held-out median 0.83 (docs/benchmarks.md); set well below so a re-trained model passes
+MIN_SHIPPED_DICE = 0.5  # held-out median 0.79 (docs/benchmarks.md); set well below so a re-trained model passes
 
 
 @pytest.fixture(scope="module")
