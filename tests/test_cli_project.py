@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import tifffile
 
+import napari_sam_stack
 from napari_sam_stack import Annotation, cli, io
 from napari_sam_stack.project import is_project
 from napari_sam_stack.testing import synthetic_nuclei
@@ -61,11 +63,21 @@ def test_rerunning_a_project_leaves_its_committed_objects_and_uses_its_model(tmp
     around them; with no --model the project's own model is used (here the shipped one, offline)."""
     from napari_sam_stack import load_model
 
-    image = synthetic_nuclei((5, 61, 57), n_nuclei=3, seed=4)[0]
+    data = Path(napari_sam_stack.__file__).parent / "data"  # real nuclei: the shipped model is made for them
+    image, truth = (tifffile.imread(data / f)[15:20] for f in ("img3d.tif", "mask3d.tif"))
+
+    def centre(z, not_id=None):  # the largest nucleus on slice z (another than not_id): its inner centre pixel
+        ids = sorted((i for i in np.unique(truth[z]) if i and i != not_id), key=lambda i: -(truth[z] == i).sum())
+        pts = np.argwhere(truth[z] == ids[0])
+        r, c = pts[np.argmin(((pts - pts.mean(0)) ** 2).sum(1))]
+        return f"{z},{r},{c}", ids[0]
+
+    first, first_id = centre(1)
+    second, _ = centre(3, not_id=first_id)
     stack, project = tmp_path / "stack.tif", tmp_path / "stack.sam"
     tifffile.imwrite(stack, image)
     common = ["--device", "cpu", "--cache-dir", str(tmp_path / "c")]
-    assert cli.main(["segment", str(stack), "--point", "1,20,30", "--max-absent", "1", "--project", str(project),
+    assert cli.main(["segment", str(stack), "--point", first, "--max-absent", "1", "--project", str(project),
                      "--model", "nss_nuclei_micro", *common]) == 0
     model = load_model("nss_nuclei_micro", device="cpu")
     before = Annotation.open(project, model=model).labels.copy()
@@ -82,7 +94,7 @@ def test_rerunning_a_project_leaves_its_committed_objects_and_uses_its_model(tmp
     assert cli.main(["segment", "--project", str(project), "--out", str(out), *common]) == 0  # no --model
     assert calls == [] and "left as they were" in capsys.readouterr().out
     np.testing.assert_array_equal(tifffile.imread(out), before)
-    assert cli.main(["segment", str(stack), "--point", "3,40,12", "--project", str(project), *common]) == 0
+    assert cli.main(["segment", str(stack), "--point", second, "--project", str(project), *common]) == 0
     assert calls == [[2]]  # the new object only, with the next free id
     a = Annotation.open(project, model=model)
     assert sorted(a.objects) == [1, 2] and a.objects[2].status == "committed"
