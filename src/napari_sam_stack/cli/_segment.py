@@ -141,16 +141,12 @@ def check_positive(items, seeded=(), known=()) -> None:
     """Every object prompted needs something saying where it is, a positive point or a box (or a seed
     mask), on some slice: negative points alone make SAM segment an arbitrary patch. ``known``: objects
     a project already has (a negative click is then a correction)."""
-    where: dict[int, list[str]] = {}
-    for it in items:
-        if it.obj in seeded or it.obj in known or it.box is not None or 1 in it.labels:
-            where[it.obj] = []
-        elif where.get(it.obj, [None]):
-            where.setdefault(it.obj, []).append(it.where)
-    for o, places in where.items():
-        if places:
-            raise PromptError(f"object {o} has only negative points ({', '.join(places)}): add a positive point "
-                              "(--point) or a box where it is")
+    ok = {it.obj for it in items if it.obj in seeded or it.obj in known or it.box is not None or 1 in it.labels}
+    bad = [it for it in items if it.obj not in ok]
+    if bad:
+        places = ", ".join(it.where for it in bad if it.obj == bad[0].obj)
+        raise PromptError(f"object {bad[0].obj} has only negative points ({places}): add a positive point "
+                          "(--point) or a box where it is")
 
 
 def _ranges(ids: list[int]) -> str:
